@@ -1,0 +1,24 @@
+"""IMAGPose for ComfyUI: pose-guided person image generation (NeurIPS 2024)."""
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension, io
+
+from .nodes import NODES as _CORE_NODES
+
+try:
+    from .nodes_pose import NODES as _POSE_NODES
+except ImportError as error:  # pose nodes have optional dependencies of their own
+    import logging
+
+    logging.warning("IMAGPose: pose nodes unavailable (%s)", error)
+    _POSE_NODES = []
+
+
+class IMAGPoseExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [*_CORE_NODES, *_POSE_NODES]
+
+
+async def comfy_entrypoint() -> IMAGPoseExtension:
+    return IMAGPoseExtension()
