@@ -1,0 +1,264 @@
+"""Reading and writing IMAGPose weights: the authors' .pth files and this pack's single .safetensors file.
+
+Formats are told apart by their keys, never by file names. Every size is read from the tensors, so small
+test checkpoints go through exactly the same code as SD1.5-size ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from .cva import CrossViewAttention
+from .model import IMAGPoseModel
+from .patch_embed import PatchEmbedding
+from .pose_guider import PoseGuider
+from .unet import DEFAULT_HEADS, IN_CHANNELS, IMAGPoseUNet, unet_config_from_state_dict
+
+PACK_FORMAT = "imagpose-pack"
+PACK_VERSION = "1"
+PARTS = ("unet", "pose_guider", "patch_embed")
+CHECKPOINT_EXTENSIONS = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be used as (part of) an IMAGPose checkpoint; the message says why."""
+
+
+@dataclass
+class IMAGPoseWeights:
+    unet: dict[str, torch.Tensor]
+    pose_guider: dict[str, torch.Tensor]
+    patch_embed: dict[str, torch.Tensor]
+    heads: int = DEFAULT_HEADS
+    sources: dict[str, str] = field(default_factory=dict)  # part -> file it came from
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of one file. Pickles load with weights_only=True: code inside is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist or is not a file")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            return load_file(str(path)), metadata
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointError(f"{path.name} is not a readable safetensors file (truncated?): {error}") from error
+    try:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path.name} was refused: it is a pickle that needs more than tensors to load (weights_only=True), "
+            f"which could run code. Only plain state dicts are accepted. Detail: {str(error).splitlines()[0]}"
+        ) from error
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
+        raise CheckpointError(f"{path.name} could not be read (truncated or not a torch file): {error}") from error
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(torch.is_tensor(v) for v in loaded.values()):
+        raise CheckpointError(f"{path.name} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in loaded.items()}, {}
+
+
+def classify(state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    """'pack', 'unet', 'pose_guider' or 'patch_embed'; CheckpointError naming what the file looks like otherwise."""
+    keys = state_dict.keys()
+    if (metadata or {}).get("format") == PACK_FORMAT or any(k.startswith("unet.conv_in.") for k in keys):
+        return "pack"
+    if "conv_in.weight" in keys and any(k.startswith("down_blocks.") for k in keys):
+        channels = state_dict["conv_in.weight"].shape[1]
+        if any(k.startswith("add_embedding.") for k in keys):
+            raise CheckpointError("this is an SDXL UNet, not an IMAGPose UNet (SD1.5 family, 9 input channels)")
+        if channels != IN_CHANNELS:
+            raise CheckpointError(
+                f"this is a plain diffusers UNet with {channels} input channels; an IMAGPose UNet has {IN_CHANNELS} "
+                "(noisy latent 4 + flag 1 + masked grid latent 4)"
+            )
+        return "unet"
+    if "conv_in.weight" in keys and "conv_out.weight" in keys and any(k.startswith("blocks.") for k in keys):
+        return "pose_guider"
+    if set(keys) == {"proj.weight", "proj.bias"}:
+        return "patch_embed"
+    if any(k.startswith(("input_blocks.", "model.diffusion_model.")) for k in keys):
+        raise CheckpointError(
+            "this is an original-format (ldm) Stable Diffusion checkpoint, not IMAGPose weights; IMAGPose files use "
+            "diffusers key names (down_blocks.*) as the authors saved them"
+        )
+    sample = ", ".join(sorted(keys)[:3]) or "no tensors"
+    raise CheckpointError(f"not an IMAGPose checkpoint part: its keys ({sample}, ...) match no known layout")
+
+
+def _split_pack(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    parts: dict[str, dict[str, torch.Tensor]] = {p: {} for p in PARTS}
+    for key, tensor in state_dict.items():
+        part, _, rest = key.partition(".")
+        if part not in parts:
+            raise CheckpointError(f"unexpected key {key!r} in an IMAGPose pack file")
+        parts[part][rest] = tensor
+    return parts
+
+
+def candidate_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in CHECKPOINT_EXTENSIONS)
+
+
+def load_weights(
+    checkpoint: str | os.PathLike,
+    motion_module: str | os.PathLike | None = None,
+    pose_guider: str | os.PathLike | None = None,
+    patch_embed: str | os.PathLike | None = None,
+) -> IMAGPoseWeights:
+    """Collect the three parts from a pack file, an authors' UNet file (siblings found by their keys) or a folder.
+
+    `motion_module` (optional) replaces the CVA weights with the `*.motion_modules.*` tensors of that file.
+    `pose_guider`/`patch_embed` name explicit files; otherwise they are looked for next to the checkpoint.
+    """
+    checkpoint = Path(checkpoint)
+    found: dict[str, dict[str, torch.Tensor]] = {}
+    sources: dict[str, str] = {}
+    heads = DEFAULT_HEADS
+
+    def take(path: Path, required: str | None = None) -> None:
+        nonlocal heads
+        state_dict, metadata = read_state_dict(path)
+        kind = classify(state_dict, metadata)
+        if required and kind != required:
+            raise CheckpointError(f"{path.name} holds a {kind.replace('_', ' ')}, expected a {required.replace('_', ' ')}")
+        if kind == "pack":
+            config = json.loads(metadata.get("config", "{}"))
+            heads = int(config.get("heads", DEFAULT_HEADS))
+            for part, tensors in _split_pack(state_dict).items():
+                if tensors:
+                    found[part], sources[part] = tensors, path.name
+        elif kind not in found:
+            found[kind], sources[kind] = state_dict, path.name
+
+    if checkpoint.is_dir():
+        files = candidate_files(checkpoint)
+        if not files:
+            raise CheckpointError(f"folder {checkpoint} holds no checkpoint files ({', '.join(CHECKPOINT_EXTENSIONS)})")
+        for path in files:
+            if path.name.startswith("motion_module"):
+                continue  # an override, chosen explicitly; its keys duplicate the UNet's
+            try:
+                take(path)
+            except CheckpointError:
+                continue  # other files may share the folder
+    else:
+        take(checkpoint)
+        if "unet" not in found:
+            raise CheckpointError(f"{checkpoint.name} holds a {next(iter(found)).replace('_', ' ')}, not an IMAGPose UNet")
+        for path in candidate_files(checkpoint.parent):
+            if path != checkpoint and not path.name.startswith("motion_module") and len(found) < len(PARTS):
+                try:
+                    state_dict, metadata = read_state_dict(path)
+                    kind = classify(state_dict, metadata)
+                except CheckpointError:
+                    continue
+                if kind in ("pose_guider", "patch_embed") and kind not in found:
+                    found[kind], sources[kind] = state_dict, path.name
+
+    for part, explicit in (("pose_guider", pose_guider), ("patch_embed", patch_embed)):
+        if explicit is not None:
+            found.pop(part, None)
+            take(Path(explicit), required=part)
+    missing = [p for p in PARTS if p not in found]
+    if missing:
+        where = checkpoint if checkpoint.is_dir() else checkpoint.parent
+        raise CheckpointError(
+            f"missing {', '.join(missing)} weights: looked in {where} for files whose keys match "
+            "(authors' names: denoising_unet-N.pth, pose_guider-N.pth, patch-N.pth)"
+        )
+    if motion_module is not None:
+        override, _ = read_state_dict(motion_module)
+        motion = {k: v for k, v in override.items() if ".motion_modules." in k}
+        if not motion:
+            raise CheckpointError(f"{Path(motion_module).name} holds no *.motion_modules.* weights")
+        found["unet"] = {**found["unet"], **motion}
+        sources["motion_modules"] = Path(motion_module).name
+    return IMAGPoseWeights(found["unet"], found["pose_guider"], found["patch_embed"], heads, sources)
+
+
+def cva_config_from_unet(unet_state_dict: dict[str, torch.Tensor], heads: int) -> dict | None:
+    prefix = "down_blocks.0.motion_modules.0."
+    module = {k[len(prefix):]: v for k, v in unet_state_dict.items() if k.startswith(prefix)}
+    if not module:
+        return None
+    config = CrossViewAttention.config_from_state_dict(module, heads=heads)
+    config.pop("channels")
+    return config
+
+
+def build_model(weights: IMAGPoseWeights, dtype: torch.dtype = torch.float32) -> IMAGPoseModel:
+    """Instantiate the plain-PyTorch model with the given weights (strict: every tensor must fit)."""
+    try:
+        config = unet_config_from_state_dict(weights.unet, heads=weights.heads)
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(f"UNet weights are incomplete: missing {error}") from error
+    cva_config = cva_config_from_unet(weights.unet, weights.heads)
+    if cva_config is None:
+        raise CheckpointError(
+            "the UNet has no cross-view attention (*.motion_modules.*) weights: a stage-1 checkpoint; "
+            "give the stage-2/end-to-end UNet or a motion_module-N.pth file"
+        )
+    with torch.device("meta"):
+        unet = IMAGPoseUNet(**config, cva_config=cva_config)
+        pose_guider = PoseGuider(**PoseGuider.config_from_state_dict(weights.pose_guider))
+        patch_embed = PatchEmbedding(**PatchEmbedding.config_from_state_dict(weights.patch_embed))
+    model = IMAGPoseModel(unet, pose_guider, patch_embed)
+    state_dict = {f"{part}.{k}": v for part in PARTS for k, v in getattr(weights, part).items()}
+    try:
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"the weights do not fit an IMAGPose model: {str(error)[:800]}") from error
+    return model.to(dtype).eval()
+
+
+def pack_config(model: IMAGPoseModel) -> dict:
+    return {
+        "heads": model.unet.config.attention_head_dim,
+        "unet": dict(model.unet.config),
+        "cva": model.unet.cva_config,
+        "pose_guider": model.pose_guider.config,
+        "patch_embed": model.patch_embed.config,
+    }
+
+
+def save_pack(model: IMAGPoseModel, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write the single-file format atomically (a temp file renamed into place: nothing half-written)."""
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {"format": PACK_FORMAT, "version": PACK_VERSION, "config": json.dumps(pack_config(model), default=list)}
+    metadata.update(extra_metadata or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+    os.close(handle)
+    try:
+        save_file(tensors, temp_name, metadata=metadata)
+        os.replace(temp_name, path)
+    finally:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+    return path
+
+
+def save_authors_format(model: IMAGPoseModel, folder: str | os.PathLike, step: int = 1) -> list[Path]:
+    """The authors' layout: denoising_unet-N.pth (UNet incl. motion modules), pose_guider-N.pth, patch-N.pth."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for part, name in (("unet", "denoising_unet"), ("pose_guider", "pose_guider"), ("patch_embed", "patch")):
+        path = folder / f"{name}-{step}.pth"
+        torch.save({k: v.detach().cpu() for k, v in getattr(model, part).state_dict().items()}, path)
+        written.append(path)
+    return written

@@ -1,0 +1,108 @@
+"""The 2x2 image-level conditioning (ILC) grid: cell roles, packing and unpacking.
+
+Cells are ordered top-left, top-right, bottom-left, bottom-right. A source cell holds a known view of
+the person (flag 1); a target cell is black in the masked grid (flag 0) and is generated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+CELLS = 4
+MAX_SOURCES = 3
+MAX_TARGETS = 3
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """Which cell holds what.
+
+    `cell_sources[i]` is the index of the source image shown in cell i, or None for a target cell.
+    `target_cells[j]` is the cell generated for the j-th target pose, in the order the poses were given.
+    """
+
+    cell_sources: tuple[int | None, ...]
+    target_cells: tuple[int, ...]
+    cell_height: int
+    cell_width: int
+
+    @property
+    def flags(self) -> tuple[int, ...]:
+        return tuple(0 if s is None else 1 for s in self.cell_sources)
+
+    @property
+    def num_sources(self) -> int:
+        return len({s for s in self.cell_sources if s is not None})
+
+    @property
+    def num_targets(self) -> int:
+        return len(self.target_cells)
+
+
+def make_layout(num_sources: int, num_targets: int, cell_height: int, cell_width: int) -> GridLayout:
+    """Sources fill the first cells, targets the last ones.
+
+    When sources + targets < 4 the spare cells repeat the sources in turn, as the authors do
+    (1 source -> 1 target uses the source three times).
+    """
+    if num_sources < 1:
+        raise ValueError("at least one source image is needed")
+    if num_targets < 1:
+        raise ValueError("at least one target pose is needed")
+    if num_sources > MAX_SOURCES or num_targets > MAX_TARGETS:
+        raise ValueError(f"at most {MAX_SOURCES} sources and {MAX_TARGETS} targets fit a 2x2 grid")
+    if num_sources + num_targets > CELLS:
+        raise ValueError(f"{num_sources} sources + {num_targets} targets is more than {CELLS} cells")
+    source_cells = CELLS - num_targets
+    cell_sources = tuple([i % num_sources for i in range(source_cells)] + [None] * num_targets)
+    target_cells = tuple(range(source_cells, CELLS))
+    return GridLayout(cell_sources, target_cells, cell_height, cell_width)
+
+
+def pack_grid(cells: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """Four (B, C, H, W) cells -> one (B, C, 2H, 2W) grid."""
+    tl, tr, bl, br = cells
+    return torch.cat([torch.cat([tl, tr], dim=-1), torch.cat([bl, br], dim=-1)], dim=-2)
+
+
+def split_grid(grid: torch.Tensor) -> list[torch.Tensor]:
+    """(B, C, 2H, 2W) grid -> its four (B, C, H, W) cells in TL, TR, BL, BR order."""
+    height, width = grid.shape[-2], grid.shape[-1]
+    if height % 2 or width % 2:
+        raise ValueError(f"a 2x2 grid needs even sides, got {height}x{width}")
+    top, bottom = grid.split(height // 2, dim=-2)
+    return [*top.split(width // 2, dim=-1), *bottom.split(width // 2, dim=-1)]
+
+
+def cells_to_frames(grid: torch.Tensor) -> torch.Tensor:
+    """(B, C, 2H, 2W) -> (B, 4, C, H, W): the cells as frames of a clip."""
+    return torch.stack(split_grid(grid), dim=1)
+
+
+def frames_to_cells(frames: torch.Tensor) -> torch.Tensor:
+    """(B, 4, C, H, W) -> (B, C, 2H, 2W)."""
+    return pack_grid(list(frames.unbind(dim=1)))
+
+
+def flag_map(layout: GridLayout, batch: int, latent_height: int, latent_width: int) -> torch.Tensor:
+    """(B, 1, 2h, 2w) channel: 1 on source cells, 0 on target cells (IMAGPose's polarity)."""
+    cells = [torch.full((batch, 1, latent_height, latent_width), float(f)) for f in layout.flags]
+    return pack_grid(cells)
+
+
+def masked_cells(layout: GridLayout, sources: torch.Tensor) -> list[torch.Tensor]:
+    """Source images per cell, black where a target goes. `sources` is (N, C, H, W) at cell size."""
+    black = torch.zeros_like(sources[0:1])
+    return [black if s is None else sources[s : s + 1] for s in layout.cell_sources]
+
+
+def pose_cells(layout: GridLayout, source_poses: torch.Tensor, target_poses: torch.Tensor) -> list[torch.Tensor]:
+    """Pose image per cell: each source cell shows its source's pose, each target cell its target pose."""
+    cells: list[torch.Tensor] = []
+    for cell, source in enumerate(layout.cell_sources):
+        if source is None:
+            cells.append(target_poses[layout.target_cells.index(cell)].unsqueeze(0))
+        else:
+            cells.append(source_poses[source].unsqueeze(0))
+    return cells
