@@ -1,0 +1,1 @@
+"""ComfyUI integration of IMAGPose (the only part of `imagpose` that imports ComfyUI)."""

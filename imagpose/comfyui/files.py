@@ -1,0 +1,53 @@
+"""Model folders: `models/imagpose` (also via an `imagpose:` key in extra_model_paths.yaml) and `clip_vision`."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import folder_paths
+
+from ..checkpoints import CHECKPOINT_EXTENSIONS
+
+FOLDER = "imagpose"
+
+
+def register() -> None:
+    if FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[FOLDER] = (
+            [os.path.join(folder_paths.models_dir, FOLDER)], set(CHECKPOINT_EXTENSIONS)
+        )
+    else:  # added by extra_model_paths.yaml before this pack loaded: keep its folders, fix the extensions
+        paths, _ = folder_paths.folder_names_and_paths[FOLDER]
+        folder_paths.folder_names_and_paths[FOLDER] = (paths, set(CHECKPOINT_EXTENSIONS))
+
+
+def _roots(*folders: str) -> list[Path]:
+    return [Path(p) for f in folders for p in folder_paths.get_folder_paths(f)]
+
+
+def checkpoint_choices() -> list[str]:
+    """Checkpoint files and the folders that hold them (a folder loads the authors' separate files)."""
+    files = folder_paths.get_filename_list(FOLDER)
+    folders = {str(Path(f).parent) for f in files if str(Path(f).parent) != "."}
+    return sorted(folders) + files
+
+
+def image_encoder_choices() -> list[str]:
+    names = set()
+    for root in _roots(FOLDER, "clip_vision"):
+        if root.is_dir():
+            for config in root.rglob("config.json"):
+                names.add(str(config.parent.relative_to(root)))
+    names.update(f for f in folder_paths.get_filename_list("clip_vision") if f.endswith(".safetensors"))
+    return sorted(names)
+
+
+def resolve(name: str, folders: tuple[str, ...], node: str, widget: str, expected: str) -> Path:
+    """The file or folder `name` in the given model folders, or an error that lists where it looked."""
+    roots = _roots(*folders)
+    for root in roots:
+        candidate = (root / name).resolve()
+        if candidate.exists() and root.resolve() in candidate.parents:
+            return candidate
+    searched = ", ".join(str(r) for r in roots) or "(no folders registered)"
+    raise FileNotFoundError(f"{node}: {widget} {name!r} not found. Searched: {searched}. Expected {expected}.")

@@ -1,0 +1,165 @@
+"""IMAGPose as a ComfyUI MODEL: the UNet in ComfyUI's own UNetModel, CVA and pose guider attached through
+ModelPatcher mechanisms (injections, an input-block patch, a diffusion-model wrapper, an additional model).
+
+Nothing global is touched: the CVA layers exist inside this model's blocks only while it is patched for
+sampling, and are removed when ComfyUI unpatches it.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.patcher_extension
+import comfy.supported_models
+import comfy.utils
+from comfy.ldm.modules.attention import optimized_attention
+from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, Upsample
+
+from ..model import IMAGPoseModel
+
+KEY = "imagpose"
+POSE_COND = "imagpose_pose"
+POSE_FEATURES = "imagpose_pose_features"
+
+
+def comfy_unet_config(model: IMAGPoseModel) -> dict:
+    """ComfyUI UNetModel config equal to the diffusers config of `model.unet`."""
+    config = model.unet.config
+    channels = list(config.block_out_channels)
+    base = channels[0]
+    if any(c % base for c in channels):
+        raise ValueError(f"block channels {channels} are not multiples of the first; ComfyUI's UNet cannot hold them")
+    layers = config.layers_per_block
+    depth = config.transformer_layers_per_block
+    down_depth = [depth if t.startswith("CrossAttn") else 0 for t in config.down_block_types]
+    up_depth_deep_first = [depth if t.startswith("CrossAttn") else 0 for t in config.up_block_types]
+    return {
+        "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+        "adm_in_channels": None, "in_channels": config.in_channels, "out_channels": config.out_channels,
+        "model_channels": base, "num_res_blocks": [layers] * len(channels),
+        "channel_mult": [c // base for c in channels],
+        "transformer_depth": [d for d in down_depth for _ in range(layers)],
+        "transformer_depth_output": [d for d in reversed(up_depth_deep_first) for _ in range(layers + 1)],
+        "transformer_depth_middle": depth, "use_linear_in_transformer": bool(config.use_linear_projection),
+        "context_dim": config.cross_attention_dim, "num_heads": config.attention_head_dim,
+        "use_temporal_attention": False, "use_temporal_resblock": False,
+    }
+
+
+def comfy_unet_state_dict(model: IMAGPoseModel, unet_config: dict) -> dict[str, torch.Tensor]:
+    """diffusers UNet keys -> ComfyUI (ldm) keys, CVA weights left out (they are attached separately)."""
+    mapping = comfy.utils.unet_to_diffusers(unet_config)
+    source = {k: v for k, v in model.unet.state_dict().items() if ".motion_modules." not in k}
+    converted = {mapping[k]: v for k, v in source.items() if k in mapping}
+    unmapped = sorted(set(source) - set(mapping))
+    if unmapped:
+        raise ValueError(f"UNet keys with no ComfyUI counterpart: {unmapped[:5]}")
+    return converted
+
+
+def cva_slots(diffusion_model) -> list[tuple[nn.Sequential, int]]:
+    """Where each CVA module goes, in the order of IMAGPoseUNet.cva_modules(): after every resnet[/attention]
+    pair of the input blocks, after the middle attention, and in the output blocks before the upsampler."""
+    slots: list[tuple[nn.Sequential, int]] = []
+    for block in diffusion_model.input_blocks[1:]:
+        if isinstance(block[0], ResBlock):
+            slots.append((block, len(block)))
+    slots.append((diffusion_model.middle_block, 2))
+    for block in diffusion_model.output_blocks:
+        upsampler = [i for i, layer in enumerate(block) if isinstance(layer, Upsample)]
+        slots.append((block, upsampler[0] if upsampler else len(block)))
+    return slots
+
+
+class CVALayer(nn.Module):
+    """Stands in a UNet block while sampling; calls a CVA module owned by the additional model."""
+
+    def __init__(self, holder: "IMAGPoseExtras", index: int):
+        super().__init__()
+        self._holder = (holder,)  # a tuple, so the module is not registered as this layer's child
+        self.index = index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        module = self._holder[0].cva[self.index]
+        dtype = module.temporal_transformer.proj_in.weight.dtype
+        return module(x.to(dtype), optimized_attention).to(x.dtype)
+
+
+class IMAGPoseExtras(nn.Module):
+    """The weights ComfyUI's UNetModel has no place for, loaded/offloaded with the UNet."""
+
+    def __init__(self, model: IMAGPoseModel):
+        super().__init__()
+        self.cva = nn.ModuleList(model.unet.cva_modules())
+        self.pose_guider = model.pose_guider
+
+
+def _inject(extras: IMAGPoseExtras):
+    def inject(patcher: comfy.model_patcher.ModelPatcher) -> None:
+        slots = cva_slots(patcher.model.diffusion_model)
+        if len(slots) != len(extras.cva):
+            raise RuntimeError(f"IMAGPose: {len(extras.cva)} CVA modules for {len(slots)} UNet slots")
+        for index in reversed(range(len(slots))):  # back to front, so earlier insert positions stay valid
+            block, position = slots[index]
+            block.insert(position, CVALayer(extras, index))
+
+    def eject(patcher: comfy.model_patcher.ModelPatcher) -> None:
+        model = patcher.model.diffusion_model
+        for block in [*model.input_blocks, model.middle_block, *model.output_blocks]:
+            for position in reversed(range(len(block))):
+                if isinstance(block[position], CVALayer):
+                    del block[position]
+
+    return comfy.patcher_extension.PatcherInjection(inject=inject, eject=eject)
+
+
+def _pose_wrapper(extras: IMAGPoseExtras):
+    def wrapper(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+        pose = kwargs.pop(POSE_COND, None)
+        if pose is None:
+            raise ValueError(
+                "IMAGPose model: no pose grid in the conditioning. Feed the KSampler's positive and negative "
+                "from the 'IMAGPose ILC Pack' node."
+            )
+        dtype = extras.pose_guider.conv_in.weight.dtype
+        features = extras.pose_guider(pose.to(x.device, dtype)).to(x.dtype)
+        if features.shape[-2:] != x.shape[-2:]:
+            raise ValueError(f"IMAGPose: pose grid gives {tuple(features.shape[-2:])} features for a {tuple(x.shape[-2:])} latent")
+        transformer_options = {**transformer_options, POSE_FEATURES: features}
+        return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+
+    return wrapper
+
+
+def _add_pose_features(h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
+    if transformer_options.get("block") == ("input", 0) and POSE_FEATURES in transformer_options:
+        return h + transformer_options[POSE_FEATURES]
+    return h
+
+
+def build_model_patcher(model: IMAGPoseModel) -> comfy.model_patcher.ModelPatcher:
+    """A ModelPatcher for ComfyUI's samplers: v-prediction, zero terminal SNR, SD1.5 latent format."""
+    unet_config = comfy_unet_config(model)
+    state_dict = comfy_unet_state_dict(model, unet_config)
+    load_device = comfy.model_management.get_torch_device()
+    offload_device = comfy.model_management.unet_offload_device()
+    model_config = comfy.supported_models.SD15(unet_config)
+    model_config.sampling_settings = {**model_config.sampling_settings, "zsnr": True}
+    parameters = comfy.utils.calculate_parameters(state_dict)
+    unet_dtype = comfy.model_management.unet_dtype(model_params=parameters, supported_dtypes=model_config.supported_inference_dtypes)
+    manual_cast = comfy.model_management.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(unet_dtype, manual_cast)
+    base = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.ModelType.V_PREDICTION, device=offload_device)
+    base.load_model_weights(state_dict, "")
+    patcher = comfy.model_patcher.ModelPatcher(base, load_device=load_device, offload_device=offload_device)
+
+    extras = IMAGPoseExtras(model).to(device=offload_device, dtype=manual_cast or unet_dtype)
+    extras_patcher = comfy.model_patcher.ModelPatcher(extras, load_device=load_device, offload_device=offload_device)
+    patcher.set_additional_models(KEY, [extras_patcher])
+    patcher.set_injections(KEY, [_inject(extras)])
+    patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, _pose_wrapper(extras))
+    patcher.set_model_input_block_patch(_add_pose_features)
+    return patcher

@@ -1,0 +1,26 @@
+"""Fitting photos and pose images into a grid cell without stretching them."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+FIT_MODES = ("pad", "crop")
+
+
+def fit_to_cell(images: torch.Tensor, height: int, width: int, mode: str = "pad", pad_value: float = 0.0) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, height, width), aspect kept: 'pad' letterboxes, 'crop' fills and centre-crops."""
+    if mode not in FIT_MODES:
+        raise ValueError(f"fit must be one of {FIT_MODES}, got {mode!r}")
+    src_h, src_w = images.shape[-2:]
+    scale = (min if mode == "pad" else max)(height / src_h, width / src_w)
+    new_h, new_w = max(1, round(src_h * scale)), max(1, round(src_w * scale))
+    if mode == "pad":
+        new_h, new_w = min(new_h, height), min(new_w, width)
+    else:
+        new_h, new_w = max(new_h, height), max(new_w, width)
+    resized = F.interpolate(images, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+    if mode == "crop":
+        top, left = (new_h - height) // 2, (new_w - width) // 2
+        return resized[..., top : top + height, left : left + width]
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    return F.pad(resized, (left, width - new_w - left, top, height - new_h - top), value=pad_value)

@@ -1,0 +1,182 @@
+"""IMAGPose core nodes. Declarations only: the work is done in imagpose/ (imagpose.comfyui for ComfyUI glue)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from .imagpose.comfyui import conditioning, files, loaders
+from .imagpose.comfyui.errors import node_errors
+from .imagpose.imaging import FIT_MODES
+
+CATEGORY = "IMAGPose"
+IMAGPose = io.Custom("IMAGPOSE")
+ImageEncoder = io.Custom("IMAGPOSE_IMAGE_ENCODER")
+Layout = io.Custom("IMAGPOSE_LAYOUT")
+DETECTORS = ("auto", "mediapipe", "dwpose")
+
+files.register()
+
+
+def cell_inputs() -> list[io.Input]:
+    return [
+        io.Int.Input("width", default=512, min=64, max=2048, step=64,
+                     tooltip="Cell width in pixels (the grid is twice as wide). Use the same value on FLC Encode and ILC Pack."),
+        io.Int.Input("height", default=768, min=64, max=2048, step=64,
+                     tooltip="Cell height in pixels (the grid is twice as tall). IMAGPose was trained on 512x768 cells."),
+        io.Combo.Input("fit", options=list(FIT_MODES), default="pad",
+                       tooltip="How images of another aspect ratio enter a cell: pad (letterbox) or crop (fill, centre crop). Never stretched."),
+    ]
+
+
+class IMAGPoseModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        weights = [loaders.AUTO, *files.checkpoint_choices()]
+        return io.Schema(
+            node_id="IMAGPoseModelLoader",
+            display_name="IMAGPose Model Loader",
+            category=CATEGORY,
+            description="Loads the IMAGPose UNet with its cross-view attention, pose guider and patch embedder from "
+                        "models/imagpose. The format is recognised from the weights, not the file name.",
+            inputs=[
+                io.Combo.Input("checkpoint", options=files.checkpoint_choices(),
+                               tooltip="A pack .safetensors file, an authors' denoising_unet-N.pth, or a folder holding the authors' files."),
+                io.Combo.Input("motion_module", options=[loaders.NONE, *files.checkpoint_choices()], default=loaders.NONE,
+                               tooltip="Optional: take the cross-view attention weights from this file (authors' motion_module-N.pth)."),
+                io.Combo.Input("pose_guider", options=weights, default=loaders.AUTO,
+                               tooltip="auto: found next to the checkpoint (or inside a pack file). Otherwise this file."),
+                io.Combo.Input("patch_embed", options=weights, default=loaders.AUTO,
+                               tooltip="auto: found next to the checkpoint (or inside a pack file). Otherwise this file (authors' patch-N.pth)."),
+            ],
+            outputs=[
+                io.Model.Output("model", tooltip="The IMAGPose UNet for the stock KSampler (v-prediction, zero terminal SNR)."),
+                IMAGPose.Output("imagpose", tooltip="Patch embedder for IMAGPose FLC Encode."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, checkpoint, motion_module, pose_guider, patch_embed) -> io.NodeOutput:
+        with node_errors("IMAGPose Model Loader", "checkpoint"):
+            model, bundle = loaders.load_imagpose("IMAGPose Model Loader", checkpoint, motion_module, pose_guider, patch_embed)
+        return io.NodeOutput(model, bundle)
+
+
+class IMAGPoseImageEncoderLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IMAGPoseImageEncoderLoader",
+            display_name="IMAGPose Image Encoder Loader",
+            category=CATEGORY,
+            description="Loads the DINOv2 image encoder (dinov2-base) used for feature-level conditioning.",
+            inputs=[
+                io.Combo.Input("image_encoder", options=files.image_encoder_choices(),
+                               tooltip="A transformers DINOv2 folder or .safetensors file in models/imagpose or models/clip_vision."),
+            ],
+            outputs=[ImageEncoder.Output("image_encoder", tooltip="DINOv2 for IMAGPose FLC Encode.")],
+        )
+
+    @classmethod
+    def execute(cls, image_encoder) -> io.NodeOutput:
+        with node_errors("IMAGPose Image Encoder Loader", "image_encoder"):
+            return io.NodeOutput(loaders.load_image_encoder("IMAGPose Image Encoder Loader", image_encoder))
+
+
+class IMAGPoseFLCEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IMAGPoseFLCEncode",
+            display_name="IMAGPose FLC Encode",
+            category=CATEGORY,
+            description="Feature-level conditioning: DINOv2 tokens of the reference plus patch tokens of its VAE latent "
+                        "at cell size. Negative is zeros of the same shape.",
+            inputs=[
+                ImageEncoder.Input("image_encoder", tooltip="From IMAGPose Image Encoder Loader."),
+                IMAGPose.Input("imagpose", tooltip="From IMAGPose Model Loader."),
+                io.Vae.Input("vae", tooltip="The SD1.5 VAE (sd-vae-ft-mse)."),
+                io.Image.Input("source_images", tooltip="1 to 3 photos of the person (a batch)."),
+                io.Int.Input("reference_index", default=0, min=0, max=2,
+                             tooltip="Which source image is the reference (0 = first)."),
+                io.Boolean.Input("use_all_sources", default=False,
+                                 tooltip="Beyond the paper: use every source's tokens side by side instead of one reference."),
+                *cell_inputs(),
+            ],
+            outputs=[
+                io.Conditioning.Output("positive", tooltip="Reference tokens."),
+                io.Conditioning.Output("negative", tooltip="Zeros of the same shape (classifier-free guidance)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, image_encoder, imagpose, vae, source_images, reference_index, use_all_sources,
+                width, height, fit) -> io.NodeOutput:
+        with node_errors("IMAGPose FLC Encode"):
+            positive, negative = conditioning.flc_conditioning(
+                image_encoder, imagpose, vae, source_images, reference_index, use_all_sources, height, width, fit)
+        return io.NodeOutput(positive, negative)
+
+
+class IMAGPoseILCPack(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IMAGPoseILCPack",
+            display_name="IMAGPose ILC Pack",
+            category=CATEGORY,
+            description="Image-level conditioning: packs sources and target poses into a 2x2 grid (TL, TR, BL, BR; "
+                        "sources first, targets last, spare cells repeat the sources), with the source flag, the "
+                        "masked grid latent and the pose grid attached to both conditionings.",
+            inputs=[
+                io.Conditioning.Input("positive", tooltip="From IMAGPose FLC Encode."),
+                io.Conditioning.Input("negative", tooltip="From IMAGPose FLC Encode."),
+                io.Vae.Input("vae", tooltip="The SD1.5 VAE (sd-vae-ft-mse)."),
+                io.Image.Input("source_images", tooltip="1 to 3 photos of the person (a batch), same order as on FLC Encode."),
+                io.Image.Input("target_poses", tooltip="1 to 3 rendered target skeletons (a batch); sources + targets <= 4."),
+                io.Image.Input("source_poses", optional=True,
+                               tooltip="Rendered skeletons of the source photos, one per source. If not connected they are extracted."),
+                *cell_inputs(),
+                io.Combo.Input("source_pose_detector", options=list(DETECTORS), default="auto",
+                               tooltip="Used only when source_poses is not connected: auto picks DWPose when its ONNX files exist, else MediaPipe."),
+            ],
+            outputs=[
+                io.Conditioning.Output("positive", tooltip="For the KSampler's positive."),
+                io.Conditioning.Output("negative", tooltip="For the KSampler's negative."),
+                io.Latent.Output("latent", tooltip="Empty grid latent for the KSampler (denoise 1.0)."),
+                Layout.Output("layout", tooltip="Which cells are targets, for IMAGPose Grid Unpack."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, vae, source_images, target_poses, width, height, fit,
+                source_pose_detector, source_poses=None) -> io.NodeOutput:
+        with node_errors("IMAGPose ILC Pack"):
+            extract = None if source_poses is not None else loaders.pose_extractor(source_pose_detector)
+            result = conditioning.ilc_conditioning(positive, negative, vae, source_images, target_poses,
+                                                   source_poses, height, width, fit, extract)
+        return io.NodeOutput(*result)
+
+
+class IMAGPoseGridUnpack(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IMAGPoseGridUnpack",
+            display_name="IMAGPose Grid Unpack",
+            category=CATEGORY,
+            description="Cuts the decoded 2x2 grid into the generated images, in the order the target poses were given.",
+            inputs=[
+                io.Image.Input("images", tooltip="The VAE-decoded grid(s)."),
+                Layout.Input("layout", tooltip="From IMAGPose ILC Pack."),
+                io.Combo.Input("cells", options=["targets", "all"], default="targets",
+                               tooltip="targets: only the generated cells; all: the four cells TL, TR, BL, BR."),
+            ],
+            outputs=[io.Image.Output("images", tooltip="One image per target pose (or four per grid).")],
+        )
+
+    @classmethod
+    def execute(cls, images, layout, cells) -> io.NodeOutput:
+        with node_errors("IMAGPose Grid Unpack"):
+            return io.NodeOutput(conditioning.unpack_images(images, layout, cells))
+
+
+NODES = [IMAGPoseModelLoader, IMAGPoseImageEncoderLoader, IMAGPoseFLCEncode, IMAGPoseILCPack, IMAGPoseGridUnpack]
