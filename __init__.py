@@ -1,24 +1,26 @@
 """IMAGPose for ComfyUI: pose-guided person image generation (NeurIPS 2024)."""
-from typing_extensions import override
+import importlib.util
 
-from comfy_api.latest import ComfyExtension, io
-
-from .nodes import NODES as _CORE_NODES
-
-try:
-    from .nodes_pose import NODES as _POSE_NODES
-except ImportError as error:  # pose nodes have optional dependencies of their own
+# pytest and the trainer import this folder as a plain package; the nodes exist only inside ComfyUI.
+if importlib.util.find_spec("comfy_api") is not None:
     import logging
 
-    logging.warning("IMAGPose: pose nodes unavailable (%s)", error)
-    _POSE_NODES = []
+    from typing_extensions import override
 
+    from comfy_api.latest import ComfyExtension, io
 
-class IMAGPoseExtension(ComfyExtension):
-    @override
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*_CORE_NODES, *_POSE_NODES]
+    from .nodes import NODES as _CORE_NODES
 
+    try:
+        from .nodes_pose import NODES as _POSE_NODES
+    except ImportError as error:  # the pose nodes' optional dependencies may be missing
+        logging.warning("IMAGPose: pose nodes unavailable (%s)", error)
+        _POSE_NODES = []
 
-async def comfy_entrypoint() -> IMAGPoseExtension:
-    return IMAGPoseExtension()
+    class IMAGPoseExtension(ComfyExtension):
+        @override
+        async def get_node_list(self) -> list[type[io.ComfyNode]]:
+            return [*_CORE_NODES, *_POSE_NODES]
+
+    async def comfy_entrypoint() -> IMAGPoseExtension:
+        return IMAGPoseExtension()

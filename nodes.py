@@ -72,7 +72,7 @@ class IMAGPoseImageEncoderLoader(io.ComfyNode):
                 io.Combo.Input("image_encoder", options=files.image_encoder_choices(),
                                tooltip="A transformers DINOv2 folder or .safetensors file in models/imagpose or models/clip_vision."),
             ],
-            outputs=[ImageEncoder.Output("image_encoder", tooltip="DINOv2 for IMAGPose FLC Encode.")],
+            outputs=[ImageEncoder.Output("encoder", display_name="image_encoder", tooltip="DINOv2 for IMAGPose FLC Encode.")],
         )
 
     @classmethod
@@ -139,8 +139,8 @@ class IMAGPoseILCPack(io.ComfyNode):
                                tooltip="Used only when source_poses is not connected: auto picks DWPose when its ONNX files exist, else MediaPipe."),
             ],
             outputs=[
-                io.Conditioning.Output("positive", tooltip="For the KSampler's positive."),
-                io.Conditioning.Output("negative", tooltip="For the KSampler's negative."),
+                io.Conditioning.Output("packed_positive", display_name="positive", tooltip="For the KSampler's positive."),
+                io.Conditioning.Output("packed_negative", display_name="negative", tooltip="For the KSampler's negative."),
                 io.Latent.Output("latent", tooltip="Empty grid latent for the KSampler (denoise 1.0)."),
                 Layout.Output("layout", tooltip="Which cells are targets, for IMAGPose Grid Unpack."),
             ],
@@ -167,16 +167,16 @@ class IMAGPoseGridUnpack(io.ComfyNode):
             inputs=[
                 io.Image.Input("images", tooltip="The VAE-decoded grid(s)."),
                 Layout.Input("layout", tooltip="From IMAGPose ILC Pack."),
-                io.Combo.Input("cells", options=["targets", "all"], default="targets",
+                io.Combo.Input("which", options=["targets", "all"], default="targets",
                                tooltip="targets: only the generated cells; all: the four cells TL, TR, BL, BR."),
             ],
-            outputs=[io.Image.Output("images", tooltip="One image per target pose (or four per grid).")],
+            outputs=[io.Image.Output("cells", display_name="images", tooltip="One image per target pose (or four per grid).")],
         )
 
     @classmethod
-    def execute(cls, images, layout, cells) -> io.NodeOutput:
+    def execute(cls, images, layout, which) -> io.NodeOutput:
         with node_errors("IMAGPose Grid Unpack"):
-            return io.NodeOutput(conditioning.unpack_images(images, layout, cells))
+            return io.NodeOutput(conditioning.unpack_images(images, layout, which))
 
 
 NODES = [IMAGPoseModelLoader, IMAGPoseImageEncoderLoader, IMAGPoseFLCEncode, IMAGPoseILCPack, IMAGPoseGridUnpack]

@@ -153,6 +153,7 @@ def build_model_patcher(model: IMAGPoseModel) -> comfy.model_patcher.ModelPatche
     manual_cast = comfy.model_management.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(unet_dtype, manual_cast)
     base = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.ModelType.V_PREDICTION, device=offload_device)
+    base.set_inpaint()  # concat = [flag as "mask", masked grid latent as "masked_image"]
     base.load_model_weights(state_dict, "")
     patcher = comfy.model_patcher.ModelPatcher(base, load_device=load_device, offload_device=offload_device)
 

@@ -1,0 +1,28 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+for path in (REPO, REPO / "tests"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Random-weight models in the real formats (pack, authors' files, DINOv2 folder, SD VAE)."""
+    from imagpose.testing import make_models
+
+    root = tmp_path_factory.mktemp("models")
+    paths = make_models(root)
+    return root, paths
+
+
+@pytest.fixture(scope="session")
+def comfy_nodes(tiny_models, tmp_path_factory):
+    """ComfyUI's `nodes` module, imported in this process with the pack loaded as a custom node."""
+    from comfy_inprocess import load
+
+    root, _ = tiny_models
+    return load(tmp_path_factory.mktemp("custom_nodes"), root)
