@@ -1,0 +1,78 @@
+"""Grid packing: round trips, cell order and flag polarity against hand-built expectations."""
+import pytest
+import torch
+
+from imagpose import grid
+from imagpose.imaging import fit_to_cell
+
+
+def test_pack_split_round_trip_is_exact():
+    cells = [torch.randn(2, 3, 5, 7) for _ in range(4)]
+    packed = grid.pack_grid(cells)
+    assert packed.shape == (2, 3, 10, 14)
+    for original, back in zip(cells, grid.split_grid(packed)):
+        assert torch.equal(original, back)
+    assert torch.equal(grid.frames_to_cells(grid.cells_to_frames(packed)), packed)
+
+
+def test_cell_order_is_tl_tr_bl_br():
+    cells = [torch.full((1, 1, 2, 2), float(i)) for i in range(4)]
+    packed = grid.pack_grid(cells)[0, 0]
+    expected = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]], dtype=torch.float32)
+    assert torch.equal(packed, expected)
+
+
+@pytest.mark.parametrize("sources,targets,cell_sources,target_cells", [
+    (1, 3, (0, None, None, None), (1, 2, 3)),
+    (1, 1, (0, 0, 0, None), (3,)),
+    (2, 2, (0, 1, None, None), (2, 3)),
+    (3, 1, (0, 1, 2, None), (3,)),
+    (2, 1, (0, 1, 0, None), (3,)),
+    (1, 2, (0, 0, None, None), (2, 3)),
+])
+def test_layouts_fill_spare_cells_with_sources(sources, targets, cell_sources, target_cells):
+    layout = grid.make_layout(sources, targets, 64, 64)
+    assert layout.cell_sources == cell_sources
+    assert layout.target_cells == target_cells
+
+
+def test_flag_is_one_on_sources_zero_on_targets():
+    layout = grid.make_layout(1, 3, 64, 64)
+    flag = grid.flag_map(layout, 1, 2, 3)[0, 0]
+    expected = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0],
+                             [0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.float32)
+    assert torch.equal(flag, expected)
+    layout = grid.make_layout(3, 1, 64, 64)
+    assert grid.flag_map(layout, 1, 1, 1)[0, 0].tolist() == [[1.0, 1.0], [1.0, 0.0]]
+
+
+def test_masked_and_pose_cells_follow_layout():
+    layout = grid.make_layout(2, 2, 4, 4)
+    sources = torch.stack([torch.full((3, 4, 4), v) for v in (0.3, 0.6)])
+    source_poses = torch.stack([torch.full((3, 4, 4), v) for v in (0.1, 0.2)])
+    target_poses = torch.stack([torch.full((3, 4, 4), v) for v in (0.8, 0.9)])
+    masked = [c.mean().item() for c in grid.masked_cells(layout, sources)]
+    assert masked == pytest.approx([0.3, 0.6, 0.0, 0.0])
+    poses = [c.mean().item() for c in grid.pose_cells(layout, source_poses, target_poses)]
+    assert poses == pytest.approx([0.1, 0.2, 0.8, 0.9])
+
+
+@pytest.mark.parametrize("sources,targets", [(0, 1), (1, 0), (4, 1), (1, 4), (2, 3), (3, 3)])
+def test_impossible_layouts_are_refused(sources, targets):
+    with pytest.raises(ValueError):
+        grid.make_layout(sources, targets, 64, 64)
+
+
+def test_fit_keeps_aspect_and_never_stretches():
+    image = torch.zeros(1, 3, 100, 50)
+    image[..., :, 20:30] = 1.0  # a vertical bar in the middle
+    padded = fit_to_cell(image, 64, 64, "pad", pad_value=0.5)
+    assert padded.shape == (1, 3, 64, 64)
+    assert torch.allclose(padded[..., :, :15], torch.tensor(0.5))  # letterbox left and right
+    assert padded[..., 32, 32].mean() > 0.9  # the bar is still in the centre, not stretched wide
+    assert padded[..., 32, 24].mean() < 0.1
+    cropped = fit_to_cell(image, 64, 64, "crop")
+    assert cropped.shape == (1, 3, 64, 64)
+    assert cropped[..., :, 25:39].mean() > 0.9 and cropped[..., :, :20].mean() < 0.1
+    with pytest.raises(ValueError):
+        fit_to_cell(image, 64, 64, "stretch")
