@@ -39,6 +39,23 @@ LEFT_HAND_SLICE = slice(91, 91 + NUM_HAND)
 RIGHT_HAND_SLICE = slice(112, 112 + NUM_HAND)
 
 
+def search_dirs(model_folders: Sequence[str] = (), custom_nodes_folders: Sequence[str] = ()) -> list[str]:
+    """Folders to search for the DWPose files in a ComfyUI install: the pack's model folders
+    (ComfyUI's "imagpose" key) and, in each custom_nodes folder, comfyui_controlnet_aux's ckpts folder
+    (plus its AUX_ANNOTATOR_CKPTS_PATH override). Pure: pass folder_paths' lists in."""
+    dirs = [d for d in model_folders if d]
+    for root in custom_nodes_folders:
+        if not root or not os.path.isdir(root):
+            continue
+        for name in sorted(os.listdir(root)):
+            if name.lower().replace("-", "_") == "comfyui_controlnet_aux":
+                dirs.append(os.path.join(root, name, "ckpts"))
+    env = os.environ.get("AUX_ANNOTATOR_CKPTS_PATH")
+    if env:
+        dirs.append(env)
+    return dirs
+
+
 def find_model_files(model_dirs: Optional[Sequence[str]]) -> tuple[Optional[str], Optional[str]]:
     """Paths of (yolox_l.onnx, dw-ll_ucoco_384.onnx) in model_dirs (each searched with SUBFOLDERS)."""
     found: dict[str, Optional[str]] = {DET_FILENAME: None, POSE_FILENAME: None}

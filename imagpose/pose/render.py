@@ -128,9 +128,9 @@ def render_people(
     if include_body:
         canvas = draw_bodies(canvas, [_normalised(p.body, cw, ch) for p in people])
     if include_hands:
-        hands = []
-        for p in people:
-            hands += [_normalised(h, cw, ch) for h in (p.left_hand, p.right_hand) if h is not None]
+        # DWPose's order: every person's left hand, then every person's right hand.
+        hands = [_normalised(p.left_hand, cw, ch) for p in people if p.left_hand is not None]
+        hands += [_normalised(p.right_hand, cw, ch) for p in people if p.right_hand is not None]
         canvas = draw_hands(canvas, hands)
     if include_face:
         canvas = draw_faces(canvas, [_normalised(p.face, cw, ch) for p in people if p.face is not None])

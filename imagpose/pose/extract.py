@@ -1,0 +1,170 @@
+"""Photos -> poses: backend choice, image conversion, batches, person selection, rendering to tensors."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from . import dwpose, mediapipe_backend
+from .errors import NoPersonFound, PoseBackendUnavailable
+from .keypoints import PoseFrame, select_people
+from .render import render_frame
+
+DETECTORS = ("auto", "dwpose", "mediapipe")
+PERSON_CHOICES = ("largest", "most_confident", "all")
+MIN_SIDE = 8  # images smaller than this (in either side) cannot show a person
+Progress = Optional[Callable[[int, int], None]]
+
+
+def to_uint8_images(images) -> np.ndarray:
+    """ComfyUI IMAGE (B, H, W, C) float [0, 1] (torch or numpy; also (H, W, C) or (B, H, W)) -> uint8
+    (B, H, W, 3) RGB. One channel is repeated; two (gray + alpha) keep the gray; four (RGBA) drop alpha."""
+    if hasattr(images, "detach"):
+        images = images.detach().to("cpu").float().numpy()
+    arr = np.asarray(images)
+    if arr.dtype == object:
+        raise ValueError("expected an image tensor, got a ragged or object array")
+    if arr.ndim == 2:
+        arr = arr[None, :, :, None]
+    elif arr.ndim == 3:
+        arr = arr[None] if arr.shape[-1] in (1, 2, 3, 4) else arr[..., None]
+    if arr.ndim != 4:
+        raise ValueError(f"expected images shaped (batch, height, width, channels), got shape {tuple(arr.shape)}")
+    channels = arr.shape[-1]
+    if channels in (1, 2):
+        arr = np.repeat(arr[..., :1], 3, axis=-1)
+    elif channels == 4:
+        arr = arr[..., :3]
+    elif channels != 3:
+        raise ValueError(f"expected 1, 3 or 4 colour channels, got {channels} (shape {tuple(arr.shape)})")
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.ascontiguousarray((np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8))
+
+
+def get_backend(detector: str = "auto", model_dirs: Optional[Sequence[str]] = None):
+    """The backend object for 'auto' (DWPose when its two ONNX files are found, else MediaPipe),
+    'dwpose' or 'mediapipe'. Raises PoseBackendUnavailable with install/download instructions."""
+    detector = (detector or "auto").lower()
+    if detector not in DETECTORS:
+        raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
+    if detector in ("auto", "dwpose"):
+        det, pose = dwpose.find_model_files(model_dirs)
+        if det and pose:
+            try:
+                return dwpose.DWPoseBackend(det, pose)
+            except PoseBackendUnavailable:
+                if detector == "dwpose":
+                    raise
+        elif detector == "dwpose":
+            raise PoseBackendUnavailable(dwpose.missing_files_message(model_dirs, det, pose))
+    try:
+        return mediapipe_backend.MediaPipeBackend()
+    except PoseBackendUnavailable as error:
+        if detector == "mediapipe":
+            raise
+        det, pose = dwpose.find_model_files(model_dirs)
+        raise PoseBackendUnavailable(
+            "No pose detector is available. Either install MediaPipe (" + mediapipe_backend.INSTALL_HINT
+            + "), or install onnxruntime and provide the DWPose files: "
+            + dwpose.missing_files_message(model_dirs, det, pose)
+        ) from error
+
+
+def extract_poses(
+    images,
+    detector: str = "auto",
+    include_hands: bool = False,
+    include_face: bool = False,
+    person: "str | int" = "largest",
+    model_dirs: Optional[Sequence[str]] = None,
+    on_missing: str = "error",
+    progress: Progress = None,
+    backend=None,
+) -> list[PoseFrame]:
+    """Detect poses on every image of a batch. Returns one PoseFrame per image (canvas = image size).
+
+    on_missing: 'error' raises NoPersonFound naming the image index; 'empty' returns a frame with no people.
+    progress: called as progress(done, total) after each image.
+    """
+    if on_missing not in ("error", "empty"):
+        raise ValueError(f"on_missing must be 'error' or 'empty', got {on_missing!r}")
+    batch = to_uint8_images(images)
+    if batch.shape[0] == 0:
+        return []
+    if backend is None:
+        backend = get_backend(detector, model_dirs)
+    frames = []
+    total = batch.shape[0]
+    for index, rgb in enumerate(batch):
+        h, w = rgb.shape[:2]
+        if h < MIN_SIDE or w < MIN_SIDE or int(rgb.max()) == int(rgb.min()):
+            people = []
+            reason = f"the image is {w}x{h} px" if (h < MIN_SIDE or w < MIN_SIDE) else "the image is blank (one flat colour)"
+        else:
+            people = select_people(backend(rgb, include_hands=include_hands, include_face=include_face), person)
+            reason = f"the {backend.name} detector found nobody"
+        if not people and on_missing == "error":
+            raise NoPersonFound(
+                f"no person found in image {index} of the batch ({reason}); use a photo showing a person, "
+                "or try the other detector", index=index,
+            )
+        frames.append(PoseFrame(w, h, people))
+        if progress is not None:
+            progress(index + 1, total)
+    return frames
+
+
+def frames_to_tensor(arrays: Sequence[np.ndarray]):
+    import torch
+
+    if not arrays:
+        return torch.zeros((0, 64, 64, 3), dtype=torch.float32)
+    return torch.from_numpy(np.stack(arrays).astype(np.float32) / 255.0)
+
+
+def render_pose_images(
+    frames: Sequence[PoseFrame],
+    width: Optional[int] = None,
+    height: Optional[int] = None,
+    include_hands: bool = True,
+    include_face: bool = False,
+    progress: Progress = None,
+):
+    """Render PoseFrames to a ComfyUI IMAGE tensor (B, H, W, 3) float [0, 1]. Without width/height each
+    frame is drawn at its canvas size, which must then be the same for all frames."""
+    frames = list(frames)
+    if (width is None) != (height is None):
+        raise ValueError("give both width and height, or neither")
+    if width is None and len({(f.width, f.height) for f in frames}) > 1:
+        sizes = sorted({f"{f.width}x{f.height}" for f in frames})
+        raise ValueError(f"the poses have different canvas sizes ({', '.join(sizes)}); give a width and height")
+    out = []
+    for i, frame in enumerate(frames):
+        out.append(render_frame(frame, width, height, include_hands=include_hands, include_face=include_face))
+        if progress is not None:
+            progress(i + 1, len(frames))
+    return frames_to_tensor(out)
+
+
+def extract_pose_images(
+    images,
+    detector: str = "auto",
+    include_hands: bool = False,
+    include_face: bool = False,
+    person: "str | int" = "largest",
+    model_dirs: Optional[Sequence[str]] = None,
+    progress: Progress = None,
+):
+    """Photos (ComfyUI IMAGE, (B, H, W, C) float [0, 1]) -> rendered DWPose-style pose images of the same
+    (B, H, W, 3) shape, float [0, 1]. Raises NoPersonFound (a ValueError) naming the image index when an
+    image shows nobody, PoseBackendUnavailable (a RuntimeError) when no detector can run."""
+    frames = extract_poses(images, detector, include_hands, include_face, person, model_dirs,
+                           on_missing="error", progress=progress)
+    if not frames:
+        import torch
+
+        batch = to_uint8_images(images)
+        return torch.zeros(batch.shape, dtype=torch.float32)
+    return render_pose_images(frames, include_hands=include_hands, include_face=include_face)
