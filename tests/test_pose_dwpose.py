@@ -1,10 +1,15 @@
 """DWPose backend through tiny ONNX models with the real files' signatures (built here, never shipped)."""
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import sys
+from pathlib import Path
 
-from pose_helpers import make_fake_rtmpose, make_fake_yolox, to_image_tensor, yolox_raw_predictions
+sys.path[:0] = [p for p in (str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)) if p not in sys.path]
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from test_pose_helpers import make_fake_rtmpose, make_fake_yolox, to_image_tensor, yolox_raw_predictions
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")

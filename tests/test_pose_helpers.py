@@ -1,4 +1,4 @@
-"""Shared helpers for the pose tests: real photos from installed wheels and tiny DWPose-shaped ONNX models."""
+"""Shared helpers for the pose tests (no tests here): real photos from installed wheels and tiny DWPose-shaped ONNX models."""
 from __future__ import annotations
 
 import io
