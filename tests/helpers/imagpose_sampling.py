@@ -1,0 +1,25 @@
+"""IMAGPose sampled through the pack's nodes and the stock KSampler, as a workflow would (1 source -> 3 targets)."""
+import torch
+
+
+def sample_imagpose(nodes, keep_model: bool = False):
+    import comfy.sd
+    import comfy.utils
+    import folder_paths
+
+    def run(name, *args, **kwargs):
+        return nodes.NODE_CLASS_MAPPINGS[name].execute(*args, **kwargs).result
+
+    generator = torch.Generator().manual_seed(0)
+    source = torch.rand(1, 96, 64, 3, generator=generator)
+    poses = (torch.rand(4, 64, 64, 3, generator=generator) > 0.9).float()
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise("vae", "tiny-vae.safetensors")))
+    model, bundle = run("IMAGPoseModelLoader", "tiny-authors", "none", "auto", "auto")
+    encoder = run("IMAGPoseImageEncoderLoader", "tiny-dinov2")[0]
+    positive, negative = run("IMAGPoseFLCEncode", encoder, bundle, vae, source, 0, False, 64, 64, "crop")
+    positive, negative, latent, layout = run("IMAGPoseILCPack", positive, negative, vae, source, poses[1:], 64, 64,
+                                             "crop", "auto", source_poses=poses[:1])
+    sampled = nodes.KSampler().sample(model, 5, 2, 2.0, "ddim", "simple", positive, negative, latent)[0]
+    decoded = nodes.VAEDecode().decode(vae, sampled)[0]
+    images = run("IMAGPoseGridUnpack", decoded, layout, "targets")[0]
+    return (model, images) if keep_model else images

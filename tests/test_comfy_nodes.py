@@ -1,0 +1,180 @@
+"""The nodes inside an in-process ComfyUI: SD1.5-size mapping, isolation from other models, clear errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from imagpose.testing import TINY_UNET
+from imagpose.unet import IMAGPoseUNet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_sd15_size_maps_to_comfyui_own_inpaint_config(comfy_nodes):
+    import comfy.model_detection
+
+    from imagpose.comfyui.model_patch import comfy_unet_config
+    from imagpose.model import IMAGPoseModel
+
+    config = {**TINY_UNET, "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
+              "cross_attention_dim": 768, "sample_size": 64}
+    with torch.device("meta"):
+        unet = IMAGPoseUNet(**config)
+    ours = comfy_unet_config(IMAGPoseModel(unet, torch.nn.Identity(), torch.nn.Identity()))
+    state_dict = {k: v for k, v in unet.state_dict().items() if ".motion_modules." not in k}
+    comfys = comfy.model_detection.unet_config_from_diffusers_unet(state_dict)
+    assert comfys is not None, "ComfyUI does not see an SD1.5 inpaint UNet"
+    assert {k: ours[k] for k in comfys if k != "dtype"} == {k: v for k, v in comfys.items() if k != "dtype"}
+
+
+PLAIN_SCRIPT = r"""
+import json, sys, torch
+sys.path[:0] = [sys.argv[1], sys.argv[2], sys.argv[3]]
+from comfy_inprocess import load
+from pathlib import Path
+nodes = load(Path(sys.argv[4]), Path(sys.argv[5]))
+from plain_model import sample_plain
+if len(sys.argv) > 6:
+    from imagpose_sampling import sample_imagpose
+    sample_imagpose(nodes)
+print(json.dumps(sample_plain().flatten().tolist()))
+"""
+
+
+def test_other_models_are_untouched_after_imagpose_sampling(tiny_models, tmp_path):
+    """A plain SD1.5-family model gives the same result after IMAGPose sampled in the same process as fresh."""
+    from comfy_inprocess import comfyui_path
+
+    root, _ = tiny_models
+    helpers = REPO / "tests" / "helpers"
+    results = []
+    for run, with_imagpose in enumerate((False, True)):
+        custom = tmp_path / f"custom{run}"
+        custom.mkdir()
+        args = [sys.executable, "-c", PLAIN_SCRIPT, str(comfyui_path()), str(REPO / "tests"), str(helpers),
+                str(custom), str(root)] + (["imagpose"] if with_imagpose else [])
+        done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results.append(torch.tensor(json.loads(done.stdout.strip().splitlines()[-1])))
+    fresh, after = results
+    assert torch.isfinite(fresh).all() and fresh.abs().sum() > 0
+    assert torch.equal(fresh, after)
+
+
+def test_imagpose_layers_exist_only_while_patched(comfy_nodes, tiny_models):
+    sys.path.insert(0, str(REPO / "tests" / "helpers"))
+    from imagpose_sampling import sample_imagpose
+
+    from imagpose.comfyui.model_patch import CVALayer
+
+    model, images = sample_imagpose(comfy_nodes, keep_model=True)
+    assert images.shape == (3, 64, 64, 3) and torch.isfinite(images).all() and images.std() > 0
+    unet = model.model.diffusion_model
+    model.patch_model()  # what ComfyUI does before sampling
+    assert sum(isinstance(m, CVALayer) for m in unet.modules()) == 13  # one per CVA module of the tiny model
+    model.unpatch_model()  # what ComfyUI does when the model is unloaded
+    assert not any(isinstance(m, CVALayer) for m in unet.modules())
+
+
+def run_node(nodes, name, *args, **kwargs):
+    return nodes.NODE_CLASS_MAPPINGS[name].execute(*args, **kwargs).result
+
+
+@pytest.fixture(scope="module")
+def parts(comfy_nodes, tiny_models):
+    import comfy.sd
+    import comfy.utils
+
+    _, paths = tiny_models
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(paths["vae"])))
+    model, bundle = run_node(comfy_nodes, "IMAGPoseModelLoader", "tiny-imagpose.safetensors", "none", "auto", "auto")
+    encoder = run_node(comfy_nodes, "IMAGPoseImageEncoderLoader", "tiny-dinov2")[0]
+    positive, negative = run_node(comfy_nodes, "IMAGPoseFLCEncode", encoder, bundle, vae,
+                                  torch.rand(1, 64, 64, 3), 0, False, 64, 64, "pad")
+    return comfy_nodes, vae, bundle, encoder, positive, negative
+
+
+def images(n, h=64, w=64):
+    return torch.rand(n, h, w, 3)
+
+
+@pytest.mark.parametrize("case,match", [
+    ("no_sources", "source_images: expected 1 to 3 images, got none"),
+    ("four_sources", "source_images: expected 1 to 3 images, got 4"),
+    ("four_targets", "target_poses: expected 1 to 3 images, got 4"),
+    ("five_cells", "need 5 cells; the grid has 4"),
+    ("pose_count", "source_poses: expected one pose per source image \\(2\\), got 1"),
+    ("cell_size", "multiple of 64"),
+    ("cell_mismatch", "set the same width, height and fit"),
+])
+def test_ilc_pack_refuses_bad_input_clearly(parts, case, match):
+    nodes, vae, _, _, positive, negative = parts
+    sources, source_poses, targets, width, height = images(1), images(1), images(1), 64, 64
+    if case == "no_sources":
+        sources = None
+    elif case == "four_sources":
+        sources, source_poses = images(4), images(4)
+    elif case == "four_targets":
+        targets = images(4)
+    elif case == "five_cells":
+        sources, source_poses, targets = images(2), images(2), images(3)
+    elif case == "pose_count":
+        sources = images(2)
+    elif case == "cell_size":
+        width = 96
+    elif case == "cell_mismatch":
+        width = height = 128
+    with pytest.raises(ValueError, match=f"^IMAGPose ILC Pack: .*{match}"):
+        run_node(nodes, "IMAGPoseILCPack", positive, negative, vae, sources, targets, width, height, "pad", "auto",
+                 source_poses=source_poses)
+
+
+def test_sources_of_different_sizes_are_fitted_not_refused(parts):
+    nodes, vae, _, _, positive, negative = parts
+    out = run_node(nodes, "IMAGPoseILCPack", positive, negative, vae, images(2, 120, 80), images(1, 64, 200),
+                   64, 64, "pad", "auto", source_poses=images(2, 30, 20))
+    assert out[2]["samples"].shape == (1, 4, 16, 16)
+
+
+def test_flc_refuses_bad_reference_index(parts):
+    nodes, vae, bundle, encoder, _, _ = parts
+    with pytest.raises(ValueError, match="^IMAGPose FLC Encode: reference_index: expected 0..1"):
+        run_node(nodes, "IMAGPoseFLCEncode", encoder, bundle, vae, images(2), 2, False, 64, 64, "pad")
+
+
+def test_missing_model_file_names_folders_and_expected_files(comfy_nodes, tiny_models):
+    root, _ = tiny_models
+    with pytest.raises(ValueError) as error:
+        run_node(comfy_nodes, "IMAGPoseModelLoader", "nope.safetensors", "none", "auto", "auto")
+    message = str(error.value)
+    assert message.startswith("IMAGPose Model Loader: checkpoint 'nope.safetensors' not found")
+    assert str(root / "imagpose") in message and "denoising_unet-N.pth" in message
+
+
+def test_not_imagpose_checkpoint_is_named_by_loader(comfy_nodes, tiny_models):
+    from safetensors.torch import save_file
+
+    root, _ = tiny_models
+    save_file({"foo": torch.zeros(2)}, str(root / "imagpose" / "random.safetensors"))
+    with pytest.raises(ValueError, match="^IMAGPose Model Loader: checkpoint: not an IMAGPose checkpoint part"):
+        run_node(comfy_nodes, "IMAGPoseModelLoader", "random.safetensors", "none", "auto", "auto")
+
+
+def test_unpack_returns_targets_in_pose_order_and_checks_size(parts):
+    nodes = parts[0]
+    from imagpose.grid import make_layout
+
+    layout = make_layout(1, 3, 32, 32)
+    decoded = torch.zeros(1, 64, 64, 3)
+    decoded[:, :32, 32:] = 0.25  # TR = target 0
+    decoded[:, 32:, :32] = 0.5   # BL = target 1
+    decoded[:, 32:, 32:] = 0.75  # BR = target 2
+    out = run_node(nodes, "IMAGPoseGridUnpack", decoded, layout, "targets")[0]
+    assert out.shape == (3, 32, 32, 3)
+    assert [round(v, 2) for v in out.mean(dim=(1, 2, 3)).tolist()] == [0.25, 0.5, 0.75]
+    assert run_node(nodes, "IMAGPoseGridUnpack", decoded, layout, "all")[0].shape == (4, 32, 32, 3)
+    with pytest.raises(ValueError, match="^IMAGPose Grid Unpack: images: expected decoded grids of 64x64"):
+        run_node(nodes, "IMAGPoseGridUnpack", torch.zeros(1, 128, 64, 3), layout, "targets")
