@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import PoseBackendUnavailable
 from .keypoints import NUM_BODY, NUM_FACE, NUM_HAND, Person
+from .render import _cv2
 
 DET_FILENAME = "yolox_l.onnx"
 POSE_FILENAME = "dw-ll_ucoco_384.onnx"
@@ -140,8 +141,7 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
 
 def detect_people(session, bgr: np.ndarray) -> np.ndarray:
     """Person boxes (N, 4) as x0, y0, x1, y1 in image pixels."""
-    import cv2
-
+    cv2 = _cv2()
     in_h, in_w = _static_hw(session, (640, 640))
     h, w = bgr.shape[:2]
     ratio = min(in_h / h, in_w / w)
@@ -195,8 +195,7 @@ def _crop_transform(box: np.ndarray, in_w: int, in_h: int) -> tuple[np.ndarray, 
 
 def estimate_keypoints(session, bgr: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """133 COCO-WholeBody keypoints (133, 2) in image pixels and their scores (133,)."""
-    import cv2
-
+    cv2 = _cv2()
     in_h, in_w = _static_hw(session, (384, 288))
     center, scale = _crop_transform(box, in_w, in_h)
     s = in_w / max(scale[0], 1e-6)
