@@ -92,6 +92,17 @@ def test_normalised_coordinates_are_accepted():
     assert not (frame.people[0].body[1:, 2] > 0).any()
 
 
+def test_openpose_body25_is_converted():
+    body25 = np.zeros((25, 3))
+    body25[8] = [50, 50, 1]   # mid-hip: no COCO-18 counterpart
+    body25[9] = [40, 60, 1]   # right hip -> COCO-18 index 8
+    frame = P.openpose_to_frame({"canvas_width": 100, "canvas_height": 100,
+                                 "people": [{"pose_keypoints_2d": body25.ravel().tolist()}]})
+    body = frame.people[0].body
+    assert body.shape == (18, 3) and np.flatnonzero(body[:, 2] > 0).tolist() == [8]
+    np.testing.assert_allclose(body[8], [40, 60, 1])
+
+
 @pytest.mark.parametrize("bad", [
     "nope", [{"people": [{"pose_keypoints_2d": [1, 2]}], "canvas_width": 10, "canvas_height": 10}],
     [{"people": [], "canvas_width": 0, "canvas_height": 10}], [{"people": []}],

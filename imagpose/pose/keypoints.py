@@ -26,6 +26,7 @@ BODY_NAMES = (
     "right_eye", "left_eye", "right_ear", "left_ear",
 )
 NUM_BODY = 18
+BODY25_TO_COCO18 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
 NUM_HAND = 21
 NUM_FACE = 68
 
@@ -206,6 +207,8 @@ def openpose_to_frame(data: Any, default_size: Optional[tuple[int, int]] = None)
         body = _as_points(raw.get("pose_keypoints_2d"), None, f"people[{i}].pose_keypoints_2d")
         if body is None:
             body = np.zeros((NUM_BODY, 3))
+        elif body.shape[0] == 25:  # OpenPose BODY_25 (mid-hip at 8, feet at 19-24) -> COCO-18
+            body = body[list(BODY25_TO_COCO18)]
         elif body.shape[0] < NUM_BODY:  # pad short lists rather than fail
             body = np.concatenate([body, np.zeros((NUM_BODY - body.shape[0], 3))])
         lh = _as_points(raw.get("hand_left_keypoints_2d"), None, f"people[{i}].hand_left_keypoints_2d")
