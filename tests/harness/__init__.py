@@ -5,6 +5,7 @@ Importable as ``harness`` with ``tests/`` on sys.path (pytest's ``pythonpath`` s
 from .assets import (
     EXPECTED_MODEL_PATHS,
     POSE_FILES,
+    POSE_PHOTO_FILES,
     SOURCE_FILES,
     draw_pose,
     ensure_test_models,

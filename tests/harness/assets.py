@@ -102,6 +102,10 @@ SOURCE_FILES = {  # file name in ComfyUI's input/ -> photo
     "imagpose_source_2.png": "grace_hopper",
     "imagpose_source_3.png": "camera",
 }
+POSE_PHOTO_FILES = {  # photos of people in the wanted poses (for imagpose_pose_from_photos.json)
+    "imagpose_pose_photo_1.png": "camera",
+    "imagpose_pose_photo_2.png": "grace_hopper",
+}
 POSE_FILES = {  # file name in ComfyUI's input/ -> pose
     "imagpose_pose_1.png": "standing",
     "imagpose_pose_2.png": "arms_up",
@@ -115,7 +119,7 @@ def write_inputs(input_dir: str | os.PathLike, size: tuple[int, int] = (512, 768
     input_dir = Path(input_dir)
     input_dir.mkdir(parents=True, exist_ok=True)
     written = {}
-    for name, source in SOURCE_FILES.items():
+    for name, source in {**SOURCE_FILES, **POSE_PHOTO_FILES}.items():
         path = input_dir / name
         if not path.exists():
             photo(source).save(path)
@@ -183,16 +187,23 @@ def ensure_test_models(root: str | os.PathLike | None = None, *, python: str | N
 
 
 def link_models(models_dir: str | os.PathLike, models_root: str | os.PathLike) -> None:
-    """Make every file/folder under ``models_root/<kind>/`` visible in ``models_dir/<kind>/`` (symlinks)."""
+    """Make every file/folder under ``models_root/<kind>/`` appear in ``models_dir/<kind>/``.
+
+    Files are hard-linked (copied across file systems), folders re-created: real files, not symlinks, so the
+    test sees what a user who copied the files has.
+    """
     models_dir, models_root = Path(models_dir), Path(models_root)
-    for kind in sorted(p for p in models_root.iterdir() if p.is_dir()):
-        target = models_dir / kind.name
-        target.mkdir(parents=True, exist_ok=True)
-        for entry in sorted(kind.iterdir()):
-            link = target / entry.name
-            if link.is_symlink() or link.exists():
-                continue
-            link.symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+    for src in sorted(models_root.rglob("*")):
+        if src.is_dir():
+            continue
+        dst = models_dir / src.relative_to(models_root)
+        if dst.exists():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
 
 
 def image_stats(path: str | os.PathLike) -> dict:

@@ -1,0 +1,327 @@
+"""Write the shipped workflows (workflows/*.json, UI format 0.4) from one description per scenario.
+
+    python scripts/make_workflows.py            # starts a ComfyUI server, reads /object_info, writes the files
+    python scripts/make_workflows.py --check    # exit 1 if the files on disk differ from what would be written
+
+Widget values are ordered by the live /object_info (so the files match the nodes' schemas exactly); the
+e2e tests convert the written files back through /object_info and run them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from harness import ComfyServer, make_base_dir, remove_base_dir  # noqa: E402
+from harness.workflow import input_order, is_widget, widget_values_layout  # noqa: E402
+
+WORKFLOWS = REPO / "workflows"
+PACK_CNR_ID = "imagpose"
+PACK_VERSION = "0.1.0"
+COMFY_VERSION = "0.3.75"
+
+# what the user is expected to have (documented in the Notes and the README)
+CHECKPOINT = "imagpose.safetensors"
+IMAGE_ENCODER = "dinov2-base"
+VAE = "vae-ft-mse-840000-ema-pruned.safetensors"
+CELL_W, CELL_H = 512, 768
+
+MODEL_NOTE = f"""MODEL FILES (see the README of the IMAGPose pack)
+
+models/imagpose/
+  {CHECKPOINT}  - this pack's single-file checkpoint
+      (make it from the authors' files: python -m imagpose.convert <folder> models/imagpose/{CHECKPOINT})
+  or a folder with the authors' files (denoising_unet-N.pth, pose_guider-N.pth, patch-N.pth,
+      optional motion_module-N.pth): pick the folder in "checkpoint".
+  {IMAGE_ENCODER}/  - facebook/dinov2-base in transformers format (config.json + model.safetensors);
+      may also live in models/clip_vision/.
+
+models/vae/
+  {VAE}  - stabilityai/sd-vae-ft-mse (any file of that VAE).
+
+Pose images: DWPose/OpenPose-style skeletons on black. Make them from photos with
+IMAGPose Pose Extract (see imagpose_pose_from_photos.json)."""
+
+SETTINGS_NOTE = f"""RECOMMENDED SETTINGS
+
+KSampler: steps 30, cfg 2.0, sampler ddim (or euler), scheduler simple (= trailing spacing, as the authors'
+DDIM), denoise 1.0. The model runs v-prediction with zero terminal SNR; the loader sets that up.
+
+Cell size: width {CELL_W}, height {CELL_H} (what IMAGPose was trained on; multiples of 64). Use the SAME width,
+height and fit on "IMAGPose FLC Encode" and "IMAGPose ILC Pack". The sampled grid is 2x2 cells.
+
+Sources + targets <= 4 (1 source -> 1..3 targets, 2 -> 2, 3 -> 1).
+ILC Pack finds the source photos' poses itself (MediaPipe, or DWPose if its ONNX files are installed)
+unless you connect source_poses.
+
+Batch Images resizes the second image to the first one's size: use photos of similar size."""
+
+
+class Graph:
+    def __init__(self, object_info: dict):
+        self.info = object_info
+        self.nodes: list[dict] = []
+        self.links: list[list] = []
+        self.next_id = 1
+
+    def node(self, node_type: str, pos, widgets: dict | None = None, title: str | None = None,
+             size=None) -> dict:
+        info = self.info[node_type]
+        widgets = dict(widgets or {})
+        values = []
+        for name, extra in widget_values_layout(info):
+            spec = dict(input_order(info))[name]
+            if name in widgets:
+                value = widgets.pop(name)
+            else:
+                options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                if "default" in options:
+                    value = options["default"]
+                elif isinstance(spec[0], list) and spec[0]:
+                    value = spec[0][0]
+                elif options.get("options"):
+                    value = options["options"][0]
+                else:
+                    raise KeyError(f"{node_type}.{name} needs a value")
+            values.append(value)
+            if extra:
+                values.append("fixed" if spec[0] == "INT" else "image")
+        if widgets:
+            raise KeyError(f"{node_type} has no widgets {sorted(widgets)}")
+        sockets = [
+            {"name": name, "type": spec[0], "link": None}
+            for name, spec in input_order(info) if not is_widget(spec)
+        ]
+        outputs = [
+            {"name": name, "type": kind, "links": [], "slot_index": i}
+            for i, (name, kind) in enumerate(zip(info["output_name"], info["output"]))
+        ]
+        is_core = not info.get("python_module", "").startswith("custom_nodes")
+        rows = max(len(sockets), len(outputs)) + len(values)
+        node = {
+            "id": self.next_id,
+            "type": node_type,
+            "pos": list(pos),
+            "size": list(size or [320, 46 + 24 * rows]),
+            "flags": {},
+            "order": len(self.nodes),
+            "mode": 0,
+            "inputs": sockets,
+            "outputs": outputs,
+            "properties": {
+                "Node name for S&R": node_type,
+                "cnr_id": "comfy-core" if is_core else PACK_CNR_ID,
+                "ver": COMFY_VERSION if is_core else PACK_VERSION,
+            },
+            "widgets_values": values,
+        }
+        if title:
+            node["title"] = title
+        self.next_id += 1
+        self.nodes.append(node)
+        return node
+
+    def note(self, text: str, pos, size=(420, 300), title: str = "Note") -> dict:
+        node = {
+            "id": self.next_id, "type": "Note", "pos": list(pos), "size": list(size), "flags": {},
+            "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [], "title": title,
+            "properties": {}, "widgets_values": [text], "color": "#432", "bgcolor": "#653",
+        }
+        self.next_id += 1
+        self.nodes.append(node)
+        return node
+
+    def link(self, src: dict, src_output: str | int, dst: dict, dst_input: str) -> None:
+        """Connect an output (by index, or by name when names are unique) to a named input."""
+        if isinstance(src_output, int):
+            out_index = src_output
+        else:
+            matches = [i for i, o in enumerate(src["outputs"]) if o["name"] == src_output]
+            if len(matches) != 1:
+                raise KeyError(f"{src['type']}: output name {src_output!r} matches {len(matches)} outputs")
+            out_index = matches[0]
+        in_index = next(i for i, s in enumerate(dst["inputs"]) if s["name"] == dst_input)
+        kind = src["outputs"][out_index]["type"]
+        link_id = len(self.links) + 1
+        self.links.append([link_id, src["id"], out_index, dst["id"], in_index, kind])
+        src["outputs"][out_index]["links"].append(link_id)
+        dst["inputs"][in_index]["link"] = link_id
+
+    def to_json(self, name: str) -> dict:
+        return {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"imagpose/{name}")),
+            "revision": 0,
+            "last_node_id": self.next_id - 1,
+            "last_link_id": len(self.links),
+            "nodes": self.nodes,
+            "links": self.links,
+            "groups": [],
+            "config": {},
+            "extra": {"ds": {"scale": 0.75, "offset": [40, 40]}, "frontendVersion": "1.32.9"},
+            "version": 0.4,
+        }
+
+
+def batch_images(g: Graph, loads: list[dict], x: int, y: int) -> tuple[dict, str]:
+    """Chain ImageBatch nodes over several LoadImage nodes; returns (node, output name)."""
+    if len(loads) == 1:
+        return loads[0], "IMAGE"
+    current, out = loads[0], "IMAGE"
+    for i, load in enumerate(loads[1:]):
+        batch = g.node("ImageBatch", (x, y + 110 * i))
+        g.link(current, out, batch, "image1")
+        g.link(load, "IMAGE", batch, "image2")
+        current, out = batch, "IMAGE"
+    return current, out
+
+
+def pipeline(g: Graph, sources: tuple[dict, str], targets: tuple[dict, str], name: str,
+             source_poses: tuple[dict, str] | None = None, x0: int = 900) -> None:
+    """Loaders, FLC Encode, ILC Pack, KSampler, VAE Decode, Grid Unpack, Save Image."""
+    model = g.node("IMAGPoseModelLoader", (x0 - 820, 40), {"checkpoint": CHECKPOINT, "motion_module": "none",
+                                                           "pose_guider": "auto", "patch_embed": "auto"})
+    encoder = g.node("IMAGPoseImageEncoderLoader", (x0 - 820, 250), {"image_encoder": IMAGE_ENCODER})
+    vae = g.node("VAELoader", (x0 - 820, 360), {"vae_name": VAE})
+    flc = g.node("IMAGPoseFLCEncode", (x0, 40), {"reference_index": 0, "use_all_sources": False,
+                                                 "width": CELL_W, "height": CELL_H, "fit": "pad"})
+    ilc = g.node("IMAGPoseILCPack", (x0, 360), {"width": CELL_W, "height": CELL_H, "fit": "pad",
+                                                "source_pose_detector": "auto"})
+    sampler = g.node("KSampler", (x0 + 380, 40), {"seed": 42, "steps": 30, "cfg": 2.0, "sampler_name": "ddim",
+                                                  "scheduler": "simple", "denoise": 1.0})
+    decode = g.node("VAEDecode", (x0 + 380, 380))
+    unpack = g.node("IMAGPoseGridUnpack", (x0 + 380, 480), {"which": "targets"})
+    save = g.node("SaveImage", (x0 + 740, 40), {"filename_prefix": f"IMAGPose/{name}"}, size=(400, 460))
+    # outputs by index (the public API order): loader model 0, imagpose 1; FLC positive 0, negative 1;
+    # ILC positive 0, negative 1, latent 2, layout 3; unpack images 0
+    g.link(encoder, 0, flc, "image_encoder")
+    g.link(model, 1, flc, "imagpose")
+    g.link(vae, 0, flc, "vae")
+    g.link(sources[0], sources[1], flc, "source_images")
+    g.link(flc, 0, ilc, "positive")
+    g.link(flc, 1, ilc, "negative")
+    g.link(vae, 0, ilc, "vae")
+    g.link(sources[0], sources[1], ilc, "source_images")
+    g.link(targets[0], targets[1], ilc, "target_poses")
+    if source_poses is not None:
+        g.link(source_poses[0], source_poses[1], ilc, "source_poses")
+    g.link(model, 0, sampler, "model")
+    g.link(ilc, 0, sampler, "positive")
+    g.link(ilc, 1, sampler, "negative")
+    g.link(ilc, 2, sampler, "latent_image")
+    g.link(sampler, 0, decode, "samples")
+    g.link(vae, 0, decode, "vae")
+    g.link(decode, 0, unpack, "images")
+    g.link(ilc, 3, unpack, "layout")
+    g.link(unpack, 0, save, "images")
+
+
+def scenario(info: dict, name: str, n_sources: int, n_targets: int, what: str) -> dict:
+    g = Graph(info)
+    g.note(MODEL_NOTE, (-760, 520), (600, 420), "Model files")
+    g.note(SETTINGS_NOTE, (-140, 720), (600, 330), "Settings")
+    source_files = ["imagpose_source.png"] if n_sources == 1 else [f"imagpose_source_{i + 1}.png" for i in range(n_sources)]
+    pose_files = [f"imagpose_pose_{i + 1}.png" for i in range(n_targets)]
+    g.note(
+        f"{what}\n\nInputs (ComfyUI's input folder): sources {', '.join(source_files)}; target poses "
+        f"{', '.join(pose_files)}. Replace them with your own photos and pose images.\n\nThe Save Image node "
+        f"gets {n_targets} image(s), in the order of the target poses.",
+        (-760, 960), (600, 170), "This workflow")
+    loads = [g.node("LoadImage", (80, 40 + 330 * i), {"image": f}, title=f"Source photo {i + 1}", size=(300, 310))
+             for i, f in enumerate(source_files)]
+    poses = [g.node("LoadImage", (440, 40 + 330 * i), {"image": f}, title=f"Target pose {i + 1}", size=(300, 310))
+             for i, f in enumerate(pose_files)]
+    sources = batch_images(g, loads, 80, 40 + 330 * n_sources)
+    targets = batch_images(g, poses, 440, 40 + 330 * n_targets)
+    pipeline(g, sources, targets, name.replace("imagpose_", ""))
+    return g.to_json(name)
+
+
+def pose_from_photos(info: dict, name: str) -> dict:
+    g = Graph(info)
+    g.note(MODEL_NOTE, (-760, 520), (600, 420), "Model files")
+    g.note(SETTINGS_NOTE, (-140, 1040), (600, 330), "Settings")
+    g.note(
+        "Target poses taken from photos of other people: IMAGPose Pose Extract finds each person's pose "
+        "(DWPose if its ONNX files are in models/imagpose/dwpose, else MediaPipe), IMAGPose Pose Retarget gives "
+        "the poses the source person's proportions and place, and ILC Pack gets the source's own extracted "
+        "pose as source_poses.\n\nInputs: imagpose_source.png (the person), imagpose_pose_photo_1.png and "
+        "imagpose_pose_photo_2.png (people in the wanted poses).",
+        (-760, 960), (600, 200), "This workflow")
+    source = g.node("LoadImage", (80, 40), {"image": "imagpose_source.png"}, title="Source photo", size=(300, 310))
+    photo1 = g.node("LoadImage", (80, 380), {"image": "imagpose_pose_photo_1.png"}, title="Pose photo 1", size=(300, 310))
+    photo2 = g.node("LoadImage", (80, 720), {"image": "imagpose_pose_photo_2.png"}, title="Pose photo 2", size=(300, 310))
+    photos, out = batch_images(g, [photo1, photo2], 80, 1060)
+    extract_widgets = {"detector": "auto", "include_hands": True, "include_face": False, "person": "largest",
+                       "person_index": 0, "on_no_person": "error"}
+    src_pose = g.node("IMAGPosePoseExtract", (440, 40), extract_widgets, title="Source pose")
+    tgt_pose = g.node("IMAGPosePoseExtract", (440, 380), extract_widgets, title="Target poses (from photos)")
+    retarget = g.node("IMAGPosePoseRetarget", (440, 720), {"anchor": "neck", "include_hands": True,
+                                                           "include_face": False})
+    g.link(source, "IMAGE", src_pose, "images")
+    g.link(photos, out, tgt_pose, "images")
+    # PoseExtract: pose_images 0, keypoints 1; PoseRetarget: keypoints 0, pose_images 1
+    g.link(tgt_pose, 1, retarget, "target_keypoints")
+    g.link(src_pose, 1, retarget, "source_keypoints")
+    pipeline(g, (source, "IMAGE"), (retarget, 1), name.replace("imagpose_", ""),
+             source_poses=(src_pose, 0), x0=900)
+    return g.to_json(name)
+
+
+SCENARIOS = {
+    "imagpose_1_source_to_1_target": lambda info, n: scenario(info, n, 1, 1, "One photo of a person -> the person in one new pose."),
+    "imagpose_1_source_to_3_targets": lambda info, n: scenario(info, n, 1, 3, "One photo of a person -> the person in three new poses, generated together in one 2x2 grid (the main IMAGPose use)."),
+    "imagpose_3_sources_to_1_target": lambda info, n: scenario(info, n, 3, 1, "Three photos of the same person -> the person in one new pose."),
+    "imagpose_2_sources_to_2_targets": lambda info, n: scenario(info, n, 2, 2, "Two photos of the same person -> the person in two new poses."),
+    "imagpose_pose_from_photos": pose_from_photos,
+}
+
+
+def build_all(object_info: dict) -> dict[str, dict]:
+    out = {}
+    for name, make in SCENARIOS.items():
+        needed = {"IMAGPosePoseExtract"} if name == "imagpose_pose_from_photos" else set()
+        if needed - set(object_info):
+            print(f"skipping {name}: nodes {sorted(needed - set(object_info))} are not loaded", file=sys.stderr)
+            continue
+        out[name] = make(object_info, name)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="compare with the files on disk; write nothing")
+    args = parser.parse_args()
+    base = make_base_dir(tempfile.mkdtemp(prefix="imagpose-make-workflows-"))
+    try:
+        with ComfyServer(base) as server:
+            info = server.client.object_info()
+    finally:
+        remove_base_dir(base)
+    missing = [n for n in ("IMAGPoseModelLoader", "IMAGPoseILCPack") if n not in info]
+    if missing:
+        print(f"the IMAGPose nodes are not loaded ({missing}); see the server log", file=sys.stderr)
+        return 1
+    different = []
+    for name, workflow in build_all(info).items():
+        path = WORKFLOWS / f"{name}.json"
+        text = json.dumps(workflow, indent=2) + "\n"
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                different.append(path.name)
+        else:
+            path.write_text(text)
+            print(f"wrote {path}")
+    if different:
+        print(f"out of date: {different} (run python scripts/make_workflows.py)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
