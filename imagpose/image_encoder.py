@@ -47,13 +47,18 @@ def load_dinov2(path: str | os.PathLike):
         return model.eval()
     if path.suffix != ".safetensors":
         raise ImageEncoderError(f"{path.name}: expected a folder or a .safetensors file")
-    from safetensors.torch import load_file
+    import tempfile
 
-    state_dict = {k.removeprefix("dinov2."): v for k, v in load_file(str(path)).items()}
-    model = Dinov2Model(Dinov2Config(**dinov2_config_from_state_dict(state_dict)))
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing:
-        raise ImageEncoderError(f"{path.name} lacks DINOv2 weights: {', '.join(missing[:5])}")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        shapes = {k: handle.get_slice(k).get_shape() for k in handle.keys()}
+    config = Dinov2Config(**dinov2_config_from_state_dict({k: torch.empty(v, device="meta") for k, v in shapes.items()}))
+    # transformers maps the file's key layout (which differs between its versions) when loading a folder
+    with tempfile.TemporaryDirectory() as folder:
+        config.save_pretrained(folder)
+        os.symlink(path.resolve(), os.path.join(folder, "model.safetensors"))
+        model = Dinov2Model.from_pretrained(folder, local_files_only=True)
     return model.eval()
 
 

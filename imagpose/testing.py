@@ -34,7 +34,8 @@ TINY_UNET = {
 TINY_POSE_GUIDER = {"embedding_channels": 32, "block_out_channels": [16, 16, 32, 32]}
 TINY_PATCH = {"patch_size": 4, "in_channels": 4, "embed_dim": 64}
 TINY_DINOV2 = {
-    "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
+    "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 1,  # head width 64, as every DINOv2
+    "intermediate_size": 128,
     "patch_size": 14, "image_size": 224,
 }
 SD_VAE = {

@@ -179,3 +179,44 @@ def test_unpack_returns_targets_in_pose_order_and_checks_size(parts):
     assert run_node(nodes, "IMAGPoseGridUnpack", decoded, layout, "all")[0].shape == (4, 32, 32, 3)
     with pytest.raises(ValueError, match="^IMAGPose Grid Unpack: images: expected decoded grids of 64x64"):
         run_node(nodes, "IMAGPoseGridUnpack", torch.zeros(1, 128, 64, 3), layout, "targets")
+
+
+def astronaut(height=128, width=128):
+    from skimage import data
+
+    image = torch.from_numpy(data.astronaut()).float().div(255)[None]
+    return torch.nn.functional.interpolate(image.movedim(-1, 1), size=(height, width), mode="bilinear").movedim(1, -1)
+
+
+def test_ilc_pack_extracts_source_poses_when_not_connected(parts):
+    pytest.importorskip("mediapipe", reason="the MediaPipe pose backend is a test requirement")
+    nodes, vae, _, _, positive, negative = parts
+    source = astronaut(256, 256)
+    packed = run_node(nodes, "IMAGPoseILCPack", positive, negative, vae, source, images(1), 64, 64, "pad",
+                      "mediapipe", source_poses=None)
+    pose_grid = packed[0][0][1]["model_conds"]["imagpose_pose"].cond
+    source_cell = pose_grid[0, :, :64, :64]
+    assert source_cell.max() > 0.5, "no skeleton drawn in the source cell"
+    assert (source_cell > 0.1).float().mean() < 0.5, "the source pose cell is not a skeleton on black"
+
+
+def test_ilc_pack_reports_no_person_found(parts):
+    pytest.importorskip("mediapipe", reason="the MediaPipe pose backend is a test requirement")
+    nodes, vae, _, _, positive, negative = parts
+    with pytest.raises(ValueError, match="^IMAGPose ILC Pack: source_poses: not connected, and extracting"):
+        run_node(nodes, "IMAGPoseILCPack", positive, negative, vae, torch.zeros(1, 128, 128, 3), images(1),
+                 64, 64, "pad", "mediapipe", source_poses=None)
+
+
+def test_image_encoder_loads_from_single_safetensors_in_clip_vision(comfy_nodes, tiny_models):
+    from safetensors.torch import load_file, save_file
+
+    root, paths = tiny_models
+    (root / "clip_vision").mkdir(exist_ok=True)
+    state = load_file(str(paths["dinov2"] / "model.safetensors"))
+    save_file(state, str(root / "clip_vision" / "dinov2-single.safetensors"))
+    from_folder = run_node(comfy_nodes, "IMAGPoseImageEncoderLoader", "tiny-dinov2")[0]
+    from_file = run_node(comfy_nodes, "IMAGPoseImageEncoderLoader", "dinov2-single.safetensors")[0]
+    pixels = torch.rand(1, 3, 100, 80)
+    assert torch.equal(from_folder.encode(pixels), from_file.encode(pixels))
+    assert from_file.encode(pixels).shape == (1, 257, 64)

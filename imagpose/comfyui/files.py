@@ -51,3 +51,11 @@ def resolve(name: str, folders: tuple[str, ...], node: str, widget: str, expecte
             return candidate
     searched = ", ".join(str(r) for r in roots) or "(no folders registered)"
     raise FileNotFoundError(f"{node}: {widget} {name!r} not found. Searched: {searched}. Expected {expected}.")
+
+
+def dwpose_model_dirs() -> list[str]:
+    """Folders searched for the DWPose ONNX files: models/imagpose (every registered path), then
+    comfyui_controlnet_aux's ckpts folder (and its AUX_ANNOTATOR_CKPTS_PATH override)."""
+    from ..pose import dwpose_search_dirs
+
+    return dwpose_search_dirs(folder_paths.get_folder_paths(FOLDER), folder_paths.get_folder_paths("custom_nodes"))

@@ -7,8 +7,8 @@ import comfy.model_management
 
 from .. import image_encoder
 from ..checkpoints import build_model, load_weights
-from .conditioning import IMAGPoseBundle
-from .files import FOLDER, resolve
+from .conditioning import IMAGPoseBundle, InputError
+from .files import FOLDER, dwpose_model_dirs, resolve
 from .model_patch import build_model_patcher
 
 NONE, AUTO = "none", "auto"
@@ -60,8 +60,6 @@ def load_image_encoder(node: str, name: str) -> ImageEncoder:
 
 def pose_extractor(detector: str):
     """Callable (IMAGE batch -> rendered pose IMAGE batch) for sources without poses."""
-    import folder_paths
-
     def extract(images):
         try:
             from ..pose import extract_pose_images
@@ -70,7 +68,9 @@ def pose_extractor(detector: str):
                 f"source_poses: not connected, and pose extraction is unavailable ({error}); connect rendered "
                 "source poses or install the pose dependencies (see README, Poses)"
             ) from error
-        model_dirs = [*folder_paths.get_folder_paths(FOLDER)]
-        return extract_pose_images(images, detector=detector, model_dirs=model_dirs)
+        try:
+            return extract_pose_images(images, detector=detector, model_dirs=dwpose_model_dirs())
+        except (ValueError, RuntimeError) as error:  # no person found, or no detector can run
+            raise InputError(f"source_poses: not connected, and extracting them from source_images failed: {error}") from error
 
     return extract
