@@ -1,0 +1,90 @@
+"""Speed and memory of one IMAGPose denoising step: ComfyUI path (pack nodes + stock sampler) vs the plain model.
+
+    python benchmarks/bench_sampling.py [--size tiny|sd15] [--cell 64] [--steps 3]
+
+Prints seconds per step for both paths and the process's peak resident memory. Random weights; CPU unless
+ComfyUI finds a GPU. `sd15` builds SD1.5-size weights (about 1.3 B parameters with CVA; ~12 GB RAM).
+"""
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=["tiny", "sd15"], default="tiny")
+    parser.add_argument("--cell", type=int, default=64, help="cell side in pixels (multiple of 64)")
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+
+    from imagpose import checkpoints, testing
+
+    root = Path(tempfile.mkdtemp(prefix="imagpose-bench-"))
+    paths = testing.make_models(root)
+    if args.size == "sd15":
+        config = {**testing.TINY_UNET, "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
+                  "cross_attention_dim": 64}
+        torch.manual_seed(0)
+        from imagpose.model import IMAGPoseModel
+        from imagpose.patch_embed import PatchEmbedding
+        from imagpose.pose_guider import PoseGuider
+        from imagpose.unet import IMAGPoseUNet
+
+        model = IMAGPoseModel(IMAGPoseUNet(**config), PoseGuider(320), PatchEmbedding(**testing.TINY_PATCH))
+        checkpoints.save_pack(model, root / "imagpose" / "tiny-imagpose.safetensors")
+        del model
+    from comfy_inprocess import load
+
+    custom = root / "custom_nodes"
+    custom.mkdir()
+    nodes = load(custom, root)
+    import comfy.sd
+    import comfy.utils
+
+    def run(name, *a, **k):
+        return nodes.NODE_CLASS_MAPPINGS[name].execute(*a, **k).result
+
+    cell = args.cell
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(paths["vae"])))
+    start = time.perf_counter()
+    model, bundle = run("IMAGPoseModelLoader", "tiny-imagpose.safetensors", "none", "auto", "auto")
+    load_s = time.perf_counter() - start
+    encoder = run("IMAGPoseImageEncoderLoader", "tiny-dinov2")[0]
+    source, poses = torch.rand(1, cell, cell, 3), torch.rand(4, cell, cell, 3)
+    positive, negative = run("IMAGPoseFLCEncode", encoder, bundle, vae, source, 0, False, cell, cell, "pad")
+    positive, negative, latent, _ = run("IMAGPoseILCPack", positive, negative, vae, source, poses[1:], cell, cell,
+                                        "pad", "auto", source_poses=poses[:1])
+    nodes.KSampler().sample(model, 0, 1, 2.0, "ddim", "simple", positive, negative, latent)  # warm-up
+    start = time.perf_counter()
+    nodes.KSampler().sample(model, 0, args.steps, 2.0, "ddim", "simple", positive, negative, latent)
+    comfy_s = (time.perf_counter() - start) / args.steps
+
+    plain = checkpoints.build_model(checkpoints.load_weights(root / "imagpose" / "tiny-imagpose.safetensors"))
+    context = positive[0][0]
+    lat = latent["samples"]
+    sample = torch.randn(2, 9, lat.shape[-2], lat.shape[-1])
+    pose = torch.rand(2, 3, cell * 2, cell * 2)
+    with torch.no_grad():
+        plain(sample, torch.tensor([500.0]), torch.cat([context, context]), pose)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            plain(sample, torch.tensor([500.0]), torch.cat([context, context]), pose)
+    plain_s = (time.perf_counter() - start) / args.steps
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print(f"size={args.size} cell={cell}x{cell} grid={2 * cell}x{2 * cell} threads={torch.get_num_threads()}")
+    print(f"loader: {load_s:.2f} s")
+    print(f"ComfyUI KSampler (cond+uncond): {comfy_s:.3f} s/step")
+    print(f"plain IMAGPoseModel, batch 2:  {plain_s:.3f} s/step")
+    print(f"peak RSS: {peak_gb:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()
