@@ -220,3 +220,21 @@ def test_image_encoder_loads_from_single_safetensors_in_clip_vision(comfy_nodes,
     pixels = torch.rand(1, 3, 100, 80)
     assert torch.equal(from_folder.encode(pixels), from_file.encode(pixels))
     assert from_file.encode(pixels).shape == (1, 257, 64)
+
+
+def test_model_sampling_matches_training_schedule(comfy_nodes):
+    """v-prediction, zero terminal SNR, scaled-linear 0.00085-0.012: the schedule diffusers trains with."""
+    import comfy.model_sampling
+    from diffusers import DDPMScheduler
+
+    model = run_node(comfy_nodes, "IMAGPoseModelLoader", "tiny-imagpose.safetensors", "none", "auto", "auto")[0]
+    sampling = model.get_model_object("model_sampling")
+    assert isinstance(sampling, comfy.model_sampling.V_PREDICTION)
+    training = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                             beta_schedule="scaled_linear", rescale_betas_zero_snr=True,
+                             prediction_type="v_prediction", timestep_spacing="trailing")
+    alphas = training.alphas_cumprod.double()
+    sigmas = ((1 - alphas) / alphas).sqrt()
+    # ComfyUI clamps the last alpha_cumprod away from 0 (infinite sigma); every other sigma must agree
+    assert torch.allclose(sampling.sigmas[:-1].double(), sigmas[:-1], rtol=1e-4)
+    assert sampling.sigmas[-1] > 1000
