@@ -144,3 +144,23 @@ def test_cfg_combines_positive_and_zero_negative(setup):
     diff = (v_from_denoised(x, sigma, denoised) - expected).abs().max().item()
     print(f"cfg 2.0: max diff {diff:.2e}")
     assert diff <= TOLERANCE
+
+
+def test_two_layers_per_block_like_sd15(setup, tiny_models):
+    """SD1.5's block layout (2 resnets per down block, 3 per up block): 21 CVA modules at SD1.5 size."""
+    from imagpose.checkpoints import save_pack
+    from imagpose.testing import make_tiny_model
+
+    comfy_nodes, vae, _, dino = setup
+    root, _ = tiny_models
+    model = make_tiny_model(seed=11, layers_per_block=2)
+    assert len(model.unet.cva_modules()) == 4 * 2 + 1 + 4 * 3
+    save_pack(model, root / "imagpose" / "tiny-imagpose-2layers.safetensors")
+    sources, source_poses = photo(1, 64, 64), pose_image(5, 64, 64)
+    targets = torch.cat([pose_image(6 + i, 64, 64) for i in range(3)])
+    x, sigma, denoised, sampling, _ = run_comfy(comfy_nodes, "tiny-imagpose-2layers.safetensors", vae, sources,
+                                                source_poses, targets, cfg=1.0)
+    inputs = reference_inputs(vae, dino, model, sources, source_poses, targets)
+    diff = (v_from_denoised(x, sigma, denoised) - reference_v(model, sampling, x, sigma, *inputs)).abs().max().item()
+    print(f"2 layers per block, 1->3: max diff {diff:.2e}")
+    assert diff <= TOLERANCE
