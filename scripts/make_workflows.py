@@ -174,29 +174,39 @@ def batch_images(g: Graph, loads: list[dict], x: int, y: int) -> tuple[dict, str
         return loads[0], "IMAGE"
     current, out = loads[0], "IMAGE"
     for i, load in enumerate(loads[1:]):
-        batch = g.node("ImageBatch", (x, y + 110 * i))
+        batch = g.node("ImageBatch", (x, y + 90 * i), size=(260, 66))
         g.link(current, out, batch, "image1")
         g.link(load, "IMAGE", batch, "image2")
         current, out = batch, "IMAGE"
     return current, out
 
 
+def place_notes(g: Graph) -> None:
+    """Put the Note nodes in a row under the graph."""
+    nodes = [n for n in g.nodes if n["type"] != "Note"]
+    y = max(n["pos"][1] + n["size"][1] for n in nodes) + 80
+    x = 0
+    for note in (n for n in g.nodes if n["type"] == "Note"):
+        note["pos"] = [x, y]
+        x += note["size"][0] + 40
+
+
 def pipeline(g: Graph, sources: tuple[dict, str], targets: tuple[dict, str], name: str,
-             source_poses: tuple[dict, str] | None = None, x0: int = 900) -> None:
+             source_poses: tuple[dict, str] | None = None, x0: int = 620) -> None:
     """Loaders, FLC Encode, ILC Pack, KSampler, VAE Decode, Grid Unpack, Save Image."""
-    model = g.node("IMAGPoseModelLoader", (x0 - 820, 40), {"checkpoint": CHECKPOINT, "motion_module": "none",
+    model = g.node("IMAGPoseModelLoader", (x0, 0), {"checkpoint": CHECKPOINT, "motion_module": "none",
                                                            "pose_guider": "auto", "patch_embed": "auto"})
-    encoder = g.node("IMAGPoseImageEncoderLoader", (x0 - 820, 250), {"image_encoder": IMAGE_ENCODER})
-    vae = g.node("VAELoader", (x0 - 820, 360), {"vae_name": VAE})
-    flc = g.node("IMAGPoseFLCEncode", (x0, 40), {"reference_index": 0, "use_all_sources": False,
+    encoder = g.node("IMAGPoseImageEncoderLoader", (x0, 230), {"image_encoder": IMAGE_ENCODER})
+    vae = g.node("VAELoader", (x0, 330), {"vae_name": VAE})
+    flc = g.node("IMAGPoseFLCEncode", (x0 + 370, 0), {"reference_index": 0, "use_all_sources": False,
                                                  "width": CELL_W, "height": CELL_H, "fit": "pad"})
-    ilc = g.node("IMAGPoseILCPack", (x0, 360), {"width": CELL_W, "height": CELL_H, "fit": "pad",
+    ilc = g.node("IMAGPoseILCPack", (x0 + 370, 330), {"width": CELL_W, "height": CELL_H, "fit": "pad",
                                                 "source_pose_detector": "auto"})
-    sampler = g.node("KSampler", (x0 + 380, 40), {"seed": 42, "steps": 30, "cfg": 2.0, "sampler_name": "ddim",
+    sampler = g.node("KSampler", (x0 + 740, 0), {"seed": 42, "steps": 30, "cfg": 2.0, "sampler_name": "ddim",
                                                   "scheduler": "simple", "denoise": 1.0})
-    decode = g.node("VAEDecode", (x0 + 380, 380))
-    unpack = g.node("IMAGPoseGridUnpack", (x0 + 380, 480), {"which": "targets"})
-    save = g.node("SaveImage", (x0 + 740, 40), {"filename_prefix": f"IMAGPose/{name}"}, size=(400, 460))
+    decode = g.node("VAEDecode", (x0 + 740, 330))
+    unpack = g.node("IMAGPoseGridUnpack", (x0 + 740, 420), {"which": "targets"})
+    save = g.node("SaveImage", (x0 + 1110, 0), {"filename_prefix": f"IMAGPose/{name}"}, size=(420, 480))
     # outputs by index (the public API order): loader model 0, imagpose 1; FLC positive 0, negative 1;
     # ILC positive 0, negative 1, latent 2, layout 3; unpack images 0
     g.link(encoder, 0, flc, "image_encoder")
@@ -223,45 +233,46 @@ def pipeline(g: Graph, sources: tuple[dict, str], targets: tuple[dict, str], nam
 
 def scenario(info: dict, name: str, n_sources: int, n_targets: int, what: str) -> dict:
     g = Graph(info)
-    g.note(MODEL_NOTE, (-760, 520), (600, 420), "Model files")
-    g.note(SETTINGS_NOTE, (-140, 720), (600, 330), "Settings")
+    g.note(MODEL_NOTE, (0, 0), (620, 430), "Model files")
+    g.note(SETTINGS_NOTE, (0, 0), (700, 330), "Settings")
     source_files = ["imagpose_source.png"] if n_sources == 1 else [f"imagpose_source_{i + 1}.png" for i in range(n_sources)]
     pose_files = [f"imagpose_pose_{i + 1}.png" for i in range(n_targets)]
     g.note(
         f"{what}\n\nInputs (ComfyUI's input folder): sources {', '.join(source_files)}; target poses "
         f"{', '.join(pose_files)}. Replace them with your own photos and pose images.\n\nThe Save Image node "
         f"gets {n_targets} image(s), in the order of the target poses.",
-        (-760, 960), (600, 170), "This workflow")
-    loads = [g.node("LoadImage", (80, 40 + 330 * i), {"image": f}, title=f"Source photo {i + 1}", size=(300, 310))
+        (0, 0), (560, 200), "This workflow")
+    loads = [g.node("LoadImage", (0, 360 * i), {"image": f}, title=f"Source photo {i + 1}", size=(270, 330))
              for i, f in enumerate(source_files)]
-    poses = [g.node("LoadImage", (440, 40 + 330 * i), {"image": f}, title=f"Target pose {i + 1}", size=(300, 310))
+    poses = [g.node("LoadImage", (300, 360 * i), {"image": f}, title=f"Target pose {i + 1}", size=(270, 330))
              for i, f in enumerate(pose_files)]
-    sources = batch_images(g, loads, 80, 40 + 330 * n_sources)
-    targets = batch_images(g, poses, 440, 40 + 330 * n_targets)
+    sources = batch_images(g, loads, 0, 360 * n_sources)
+    targets = batch_images(g, poses, 300, 360 * n_targets)
     pipeline(g, sources, targets, name.replace("imagpose_", ""))
+    place_notes(g)
     return g.to_json(name)
 
 
 def pose_from_photos(info: dict, name: str) -> dict:
     g = Graph(info)
-    g.note(MODEL_NOTE, (-760, 520), (600, 420), "Model files")
-    g.note(SETTINGS_NOTE, (-140, 1040), (600, 330), "Settings")
+    g.note(MODEL_NOTE, (0, 0), (620, 430), "Model files")
+    g.note(SETTINGS_NOTE, (0, 0), (700, 330), "Settings")
     g.note(
         "Target poses taken from photos of other people: IMAGPose Pose Extract finds each person's pose "
         "(DWPose if its ONNX files are in models/imagpose/dwpose, else MediaPipe), IMAGPose Pose Retarget gives "
         "the poses the source person's proportions and place, and ILC Pack gets the source's own extracted "
         "pose as source_poses.\n\nInputs: imagpose_source.png (the person), imagpose_pose_photo_1.png and "
         "imagpose_pose_photo_2.png (people in the wanted poses).",
-        (-760, 960), (600, 200), "This workflow")
-    source = g.node("LoadImage", (80, 40), {"image": "imagpose_source.png"}, title="Source photo", size=(300, 310))
-    photo1 = g.node("LoadImage", (80, 380), {"image": "imagpose_pose_photo_1.png"}, title="Pose photo 1", size=(300, 310))
-    photo2 = g.node("LoadImage", (80, 720), {"image": "imagpose_pose_photo_2.png"}, title="Pose photo 2", size=(300, 310))
-    photos, out = batch_images(g, [photo1, photo2], 80, 1060)
+        (0, 0), (560, 230), "This workflow")
+    source = g.node("LoadImage", (0, 0), {"image": "imagpose_source.png"}, title="Source photo", size=(270, 330))
+    photo1 = g.node("LoadImage", (0, 360), {"image": "imagpose_pose_photo_1.png"}, title="Pose photo 1", size=(270, 330))
+    photo2 = g.node("LoadImage", (0, 720), {"image": "imagpose_pose_photo_2.png"}, title="Pose photo 2", size=(270, 330))
+    photos, out = batch_images(g, [photo1, photo2], 0, 1080)
     extract_widgets = {"detector": "auto", "include_hands": True, "include_face": False, "person": "largest",
                        "person_index": 0, "on_no_person": "error"}
-    src_pose = g.node("IMAGPosePoseExtract", (440, 40), extract_widgets, title="Source pose")
-    tgt_pose = g.node("IMAGPosePoseExtract", (440, 380), extract_widgets, title="Target poses (from photos)")
-    retarget = g.node("IMAGPosePoseRetarget", (440, 720), {"anchor": "neck", "include_hands": True,
+    src_pose = g.node("IMAGPosePoseExtract", (300, 0), extract_widgets, title="Source pose", size=(300, 250))
+    tgt_pose = g.node("IMAGPosePoseExtract", (300, 360), extract_widgets, title="Target poses (from photos)", size=(300, 250))
+    retarget = g.node("IMAGPosePoseRetarget", (300, 720), {"anchor": "neck", "include_hands": True,
                                                            "include_face": False})
     g.link(source, "IMAGE", src_pose, "images")
     g.link(photos, out, tgt_pose, "images")
@@ -269,7 +280,8 @@ def pose_from_photos(info: dict, name: str) -> dict:
     g.link(tgt_pose, 1, retarget, "target_keypoints")
     g.link(src_pose, 1, retarget, "source_keypoints")
     pipeline(g, (source, "IMAGE"), (retarget, 1), name.replace("imagpose_", ""),
-             source_poses=(src_pose, 0), x0=900)
+             source_poses=(src_pose, 0), x0=640)
+    place_notes(g)
     return g.to_json(name)
 
 
