@@ -1,0 +1,242 @@
+"""Building the IMAGPose model for each training stage, and the frozen VAE / DINOv2 it is trained with.
+
+The trained network is `imagpose.model.IMAGPoseModel`, the same class the ComfyUI nodes load; checkpoints go
+through `imagpose.checkpoints` both ways.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+
+from imagpose import image_encoder as image_encoder_lib
+from imagpose.checkpoints import CheckpointError, build_model, load_weights, read_state_dict
+from imagpose.cva import AttentionFunction, sdpa_attention
+from imagpose.model import IMAGPoseModel
+from imagpose.patch_embed import PatchEmbedding
+from imagpose.pose_guider import PoseGuider
+from imagpose.training import widen_conv_in
+from imagpose.unet import IN_CHANNELS, IMAGPoseUNet, unet_config_from_state_dict
+
+logger = logging.getLogger(__name__)
+
+MOTION_KEY = ".motion_modules."
+# base-UNet settings the IMAGPose loaders cannot read from tensor shapes: they must have these values
+FIXED_BASE_CONFIG = {"norm_num_groups": 32}
+DERIVED_KEYS = ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types",
+                "cross_attention_dim", "use_linear_projection")
+
+
+class SetupError(RuntimeError):
+    """A model file or folder the trainer cannot use; the message names the expected folder or file."""
+
+
+def unet_folder(path: str | os.PathLike) -> Path:
+    """The diffusers UNet folder: `path` itself (config.json) or its `unet/` subfolder (a whole SD1.5 folder)."""
+    path = Path(path)
+    for candidate in (path, path / "unet"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise SetupError(f"model.base_unet: {path} is not a diffusers UNet folder: expected {path}/unet/config.json "
+                     f"(a stable-diffusion-v1-5 folder) or {path}/config.json with the UNet weights next to it")
+
+
+def stage1_model(base_unet: str | os.PathLike, pose_guider_channels=(16, 32, 96, 256), patch_size: int = 16,
+                 cva: dict | None = None) -> IMAGPoseModel:
+    """IMAGPose model from an SD1.5 UNet: conv_in widened to 9 channels (new ones zero), new pose guider,
+    patch embedder and CVA modules (zero output projections: each starts as the identity)."""
+    from diffusers import UNet2DConditionModel
+
+    folder = unet_folder(base_unet)
+    try:
+        base = UNet2DConditionModel.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise SetupError(f"model.base_unet: could not load the diffusers UNet in {folder}: {error}") from error
+    state = base.state_dict()
+    if state["conv_in.weight"].shape[1] != 4:
+        raise SetupError(f"model.base_unet: {folder} has a {state['conv_in.weight'].shape[1]}-channel conv_in; "
+                         "stage 1 starts from a plain 4-channel SD1.5 UNet")
+    heads = base.config.attention_head_dim
+    if not isinstance(heads, int):
+        raise SetupError(f"model.base_unet: per-block head counts {heads} are not supported (SD1.5 uses 8 everywhere)")
+    state["conv_in.weight"] = widen_conv_in(state["conv_in.weight"], IN_CHANNELS)
+    config = unet_config_from_state_dict(state, heads=heads)
+    for key, value in FIXED_BASE_CONFIG.items():
+        if base.config[key] != value:
+            raise SetupError(f"model.base_unet: {key}={base.config[key]} is not supported (IMAGPose files assume {value})")
+    mismatched = [k for k in DERIVED_KEYS if _plain(base.config[k]) != _plain(config[k])]
+    if mismatched:
+        raise SetupError(f"model.base_unet: {folder} is not an SD1.5-family UNet the IMAGPose loaders can rebuild "
+                         f"(differs in {', '.join(mismatched)})")
+    del base
+    unet = IMAGPoseUNet(**config, cva_config=dict(cva or {}))
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    not_cva = [k for k in missing if MOTION_KEY not in k]
+    if not_cva or unexpected:
+        raise SetupError(f"model.base_unet: weights do not fit (missing {not_cva[:3]}, unexpected {unexpected[:3]})")
+    pose_guider = PoseGuider(embedding_channels=config["block_out_channels"][0],
+                             block_out_channels=tuple(pose_guider_channels))
+    patch_embed = PatchEmbedding(patch_size=patch_size, in_channels=config["out_channels"],
+                                 embed_dim=config["cross_attention_dim"])
+    return IMAGPoseModel(unet, pose_guider, patch_embed)
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def trained_model(checkpoint: str | os.PathLike) -> IMAGPoseModel:
+    """A model from a trainer checkpoint-N folder (its pack file), a pack file, or authors' files."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        packs = sorted(path.glob("imagpose-*.safetensors"))
+        if packs:
+            path = packs[-1]
+        elif (path / "authors").is_dir():
+            path = path / "authors"
+    try:
+        model = build_model(load_weights(path))
+    except CheckpointError as error:
+        raise SetupError(f"model.init_checkpoint: {error}") from error
+    with torch.no_grad():  # own memory: the loader may map the file, which must never be written through
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
+    return model.train()
+
+
+def load_motion_module(unet: IMAGPoseUNet, path: str | os.PathLike) -> int:
+    """Copy AnimateDiff-v2-style `*.motion_modules.*` weights into the CVA modules; returns how many tensors.
+
+    Every CVA parameter must be in the file with the same shape; the sinusoidal `pos_encoder.pe` buffers are
+    taken when their shape matches and kept otherwise (they are a fixed function of the cell index).
+    """
+    try:
+        state, _ = read_state_dict(path)
+    except CheckpointError as error:
+        raise SetupError(f"model.motion_module: {error}") from error
+    motion = {k.removeprefix("unet."): v for k, v in state.items() if MOTION_KEY in k}
+    if not motion:
+        raise SetupError(f"model.motion_module: {Path(path).name} holds no *.motion_modules.* tensors "
+                         "(expected AnimateDiff-v2-style keys such as down_blocks.0.motion_modules.0....)")
+    own = {k: v for k, v in unet.state_dict().items() if MOTION_KEY in k}
+    missing = [k for k in own if k not in motion and not k.endswith(".pe")]
+    wrong = [f"{k} {tuple(motion[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in motion and motion[k].shape != v.shape and not k.endswith(".pe")]
+    if missing or wrong:
+        raise SetupError(f"model.motion_module: {Path(path).name} does not fit this UNet's CVA modules "
+                         f"(missing {len(missing)}, e.g. {missing[:2]}; wrong shape {wrong[:2]}); "
+                         "an SD1.5 AnimateDiff v2 / Moore-AnimateAnyone motion_module.pth is expected")
+    extra = [k for k in motion if k not in own]
+    if extra:
+        logger.warning("motion module: %d tensors have no CVA counterpart and are ignored, e.g. %s", len(extra), extra[:2])
+    loaded = {k: motion[k] for k, v in own.items() if k in motion and motion[k].shape == v.shape}
+    unet.load_state_dict(loaded, strict=False)
+    return len(loaded)
+
+
+def is_cva(name: str) -> bool:
+    return MOTION_KEY in f".{name}"
+
+
+def set_trainable(model: IMAGPoseModel, stage: str) -> list[nn.Parameter]:
+    """stage1: everything but CVA; stage2: only CVA; end2end: everything. Returns the trainable parameters."""
+    trainable = []
+    for name, parameter in model.named_parameters():
+        flag = {"stage1": not is_cva(name), "stage2": is_cva(name), "end2end": True}[stage]
+        parameter.requires_grad_(flag)
+        if flag:
+            trainable.append(parameter)
+    return trainable
+
+
+def enable_gradient_checkpointing(unet: IMAGPoseUNet) -> int:
+    """Recompute every resnet, attention and CVA module in the backward pass; returns how many were wrapped.
+
+    IMAGPoseUNet runs its blocks' layers itself, so diffusers' own flag (read inside the block forwards) has
+    no effect on it; the layers' forwards are wrapped instead.
+    """
+    count = 0
+    for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
+        for group in ("resnets", "attentions", "motion_modules"):
+            for module in getattr(block, group, None) or []:
+                _checkpoint_forward(module)
+                count += 1
+    return count
+
+
+def _checkpoint_forward(module: nn.Module) -> None:
+    forward = module.forward
+
+    def checkpointed(*args, **kwargs):
+        if module.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    module.forward = checkpointed
+
+
+class TrainingNet(nn.Module):
+    """The trained modules behind one forward (what accelerate wraps: DDP and DeepSpeed see every use).
+
+    `keep` (B,) zeroes the whole FLC context of dropped samples: exactly the nodes' negative conditioning.
+    """
+
+    def __init__(self, model: IMAGPoseModel, use_cva: bool, attention: AttentionFunction = sdpa_attention):
+        super().__init__()
+        self.model = model
+        self.use_cva = use_cva
+        self.attention = attention
+
+    def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, image_embeds: torch.Tensor,
+                reference_latents: torch.Tensor, pose_grid: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        context = self.model.context(image_embeds, reference_latents)
+        context = context * keep.to(context.dtype).view(-1, 1, 1)
+        return self.model(sample, timesteps, context, pose_grid, attention=self.attention, use_cva=self.use_cva)
+
+
+def load_vae(path: str | os.PathLike):
+    from diffusers import AutoencoderKL
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise SetupError(f"model.vae: {path} is not a diffusers AutoencoderKL folder: expected {path}/config.json "
+                         "and its weights (e.g. the sd-vae-ft-mse folder)")
+    try:
+        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise SetupError(f"model.vae: could not load {path}: {error}") from error
+    return vae.requires_grad_(False).eval()
+
+
+def vae_downscale(vae) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def load_image_encoder(path: str | os.PathLike):
+    path = Path(path)
+    if not path.exists():
+        raise SetupError(f"model.image_encoder: {path} not found: expected a transformers Dinov2Model folder "
+                         "(config.json + model.safetensors, e.g. dinov2-base) or one .safetensors file")
+    try:
+        encoder = image_encoder_lib.load_dinov2(path)
+    except (image_encoder_lib.ImageEncoderError, OSError) as error:
+        raise SetupError(f"model.image_encoder: {error}") from error
+    return encoder.requires_grad_(False).eval()
+
+
+def check_compatible(model: IMAGPoseModel, vae, encoder) -> None:
+    """Sizes that must agree between the trained model and the frozen encoders."""
+    width = model.unet.config.cross_attention_dim
+    if encoder.config.hidden_size != width:
+        raise SetupError(f"model.image_encoder: its tokens are {encoder.config.hidden_size} wide but the UNet's "
+                         f"cross-attention takes {width} (DINOv2-base (768) for SD1.5)")
+    if vae.config.latent_channels != model.unet.config.out_channels:
+        raise SetupError(f"model.vae: {vae.config.latent_channels} latent channels, the UNet predicts "
+                         f"{model.unet.config.out_channels}")
+    if model.pose_guider.downscale != vae_downscale(vae):
+        raise SetupError(f"model.pose_guider_channels: the pose guider downsamples by {model.pose_guider.downscale}, "
+                         f"the VAE by {vae_downscale(vae)}; they must match")

@@ -1,0 +1,250 @@
+"""IMAGPose training, all three stages, on HuggingFace accelerate (single GPU, DDP or DeepSpeed by its config).
+
+    python -m trainer.train --config trainer/configs/stage1.yaml [section.key=value ...]
+    accelerate launch [--config_file trainer/configs/accelerate_deepspeed_zero2.yaml] \
+        -m trainer.train --config trainer/configs/stage1.yaml
+
+Writes OUTPUT_DIR/checkpoint-N/ (atomically: built as .checkpoint-N.partial, then renamed):
+    imagpose-STAGE-N.safetensors   the pack file the ComfyUI loader reads (models/imagpose/)
+    authors/denoising_unet-N.pth, pose_guider-N.pth, patch-N.pth   the authors' format
+    state/                         accelerate state (optimizer, scheduler, RNG) for train.resume
+    trainer_state.json
+and OUTPUT_DIR/metrics.jsonl (one line per optimisation step on the main process).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from imagpose.checkpoints import save_authors_format, save_pack
+
+from .config import ConfigError, load_config
+from .data import DataError, GroupDataset
+from .loss import make_noise_scheduler, training_loss
+from .models import (SetupError, TrainingNet, check_compatible, enable_gradient_checkpointing, load_image_encoder,
+                     load_motion_module, load_vae, set_trainable, stage1_model, trained_model, vae_downscale)
+
+logger = logging.getLogger("trainer")
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def build_model(config: dict):
+    model_cfg = config["model"]
+    if config["stage"] == "stage1":
+        return stage1_model(model_cfg["base_unet"], model_cfg["pose_guider_channels"], model_cfg["patch_size"],
+                            model_cfg["cva"])
+    model = trained_model(model_cfg["init_checkpoint"])
+    if config["stage"] == "stage2":
+        if model_cfg["motion_module"]:
+            count = load_motion_module(model.unet, model_cfg["motion_module"])
+            logger.info("CVA initialised from %s (%d tensors)", model_cfg["motion_module"], count)
+        else:
+            logger.warning("stage2 without model.motion_module: CVA starts from the checkpoint's modules (fresh ones "
+                           "after stage 1: zero output projections, i.e. the identity). The authors start from an "
+                           "AnimateDiff-v2-style motion_module.pth.")
+    elif model_cfg["motion_module"]:
+        raise ConfigError("model.motion_module is for stage2 only (end2end continues from the stage-2 checkpoint)")
+    return model
+
+
+def checkpoints_in(output_dir: Path) -> list[Path]:
+    found = [p for p in output_dir.glob(CHECKPOINT_PREFIX + "*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def save_checkpoint(accelerator, net, config: dict, step: int) -> Path:
+    """Write checkpoint-N atomically; every process must call this (accelerate's state saving is collective)."""
+    output_dir = Path(config["output_dir"])
+    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
+    temp = output_dir / f".{CHECKPOINT_PREFIX}{step}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(temp, ignore_errors=True)
+        temp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temp / "state"))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(net).model
+        save_authors_format(model, temp / "authors", step)
+        save_pack(model, temp / f"imagpose-{config['stage']}-{step}.safetensors",
+                  {"stage": config["stage"], "step": str(step)})
+        (temp / "trainer_state.json").write_text(json.dumps({"step": step, "config": config}, indent=2))
+        if final.exists():  # the same step written again (a re-run): replace it whole
+            old = output_dir / f".{CHECKPOINT_PREFIX}{step}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(temp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(temp, final)
+        keep = config["train"]["checkpoints_keep"]
+        if keep:
+            for stale in checkpoints_in(output_dir)[:-keep]:
+                shutil.rmtree(stale)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resume_path(config: dict) -> Path | None:
+    resume = config["train"]["resume"]
+    if not resume:
+        return None
+    if resume == "latest":
+        found = checkpoints_in(Path(config["output_dir"]))
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "state").is_dir() or not (path / "trainer_state.json").is_file():
+        raise ConfigError(f"train.resume: {path} is not a trainer checkpoint folder (state/ and trainer_state.json)")
+    return path
+
+
+def check_deepspeed(accelerator, train: dict) -> None:
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    ds = plugin.deepspeed_config
+    for ours, theirs in (("gradient_accumulation_steps", "gradient_accumulation_steps"),
+                         ("max_grad_norm", "gradient_clipping")):
+        value = ds.get(theirs)
+        if value not in (None, "auto") and float(value) != float(train[ours]):
+            raise ConfigError(f"DeepSpeed config {theirs}={value} but train.{ours}={train[ours]}: make them equal "
+                              "(DeepSpeed applies its own value)")
+
+
+def train(config: dict) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+
+    train_cfg = config["train"]
+    output_dir = Path(config["output_dir"])
+    accelerator = Accelerator(
+        gradient_accumulation_steps=train_cfg["gradient_accumulation_steps"],
+        mixed_precision=train_cfg["mixed_precision"],
+        log_with=train_cfg["report_to"],
+        project_dir=str(output_dir),
+    )
+    check_deepspeed(accelerator, train_cfg)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if config["seed"] is not None:
+        set_seed(config["seed"], device_specific=True)
+    if train_cfg["allow_tf32"] and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.json").write_text(json.dumps(config, indent=2))
+
+    frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    vae = load_vae(config["model"]["vae"]).to(accelerator.device)
+    encoder = load_image_encoder(config["model"]["image_encoder"]).to(accelerator.device)
+    if frozen_dtype != torch.float32:
+        vae, encoder = vae.to(dtype=frozen_dtype), encoder.to(dtype=frozen_dtype)
+    model = build_model(config)
+    check_compatible(model, vae, encoder)
+    trainable = set_trainable(model, config["stage"])
+    if train_cfg["gradient_checkpointing"]:
+        enable_gradient_checkpointing(model.unet)
+    net = TrainingNet(model, use_cva=config["stage"] != "stage1").train()
+
+    dataset = GroupDataset.from_config(config["data"])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=config["data"]["batch_size"], shuffle=True,
+                                         num_workers=config["data"]["num_workers"], drop_last=True,
+                                         persistent_workers=config["data"]["num_workers"] > 0)
+    if len(loader) == 0:
+        raise DataError(f"{len(dataset)} groups make no full batch of {config['data']['batch_size']}")
+
+    learning_rate = train_cfg["learning_rate"]
+    if train_cfg["scale_lr"]:
+        learning_rate *= train_cfg["gradient_accumulation_steps"] * config["data"]["batch_size"] * accelerator.num_processes
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, betas=(train_cfg["adam_beta1"], train_cfg["adam_beta2"]),
+                                  weight_decay=train_cfg["adam_weight_decay"], eps=train_cfg["adam_epsilon"])
+    lr_scheduler = get_scheduler(train_cfg["lr_scheduler"], optimizer=optimizer,
+                                 num_warmup_steps=train_cfg["lr_warmup_steps"] * accelerator.num_processes,
+                                 num_training_steps=train_cfg["max_steps"] * accelerator.num_processes)
+    net, optimizer, loader, lr_scheduler = accelerator.prepare(net, optimizer, loader, lr_scheduler)
+    noise_scheduler = make_noise_scheduler(config["noise_scheduler"])
+    downscale = vae_downscale(vae)
+    model_dtype = next(accelerator.unwrap_model(net).parameters()).dtype  # fp16 under DeepSpeed fp16, else fp32
+
+    step = 0
+    resume = resume_path(config)
+    if resume is not None:
+        accelerator.load_state(str(resume / "state"))
+        step = json.loads((resume / "trainer_state.json").read_text())["step"]
+        logger.info("resumed from %s at step %d", resume, step)
+    if accelerator.is_main_process:
+        if train_cfg["report_to"]:
+            accelerator.init_trackers(f"imagpose-{config['stage']}", config={"stage": config["stage"]})
+        logger.info("%s: %d trainable tensors (%.1fM values), %d groups, %d process(es), mixed precision %s",
+                    config["stage"], len(trainable), sum(p.numel() for p in trainable) / 1e6, len(dataset),
+                    accelerator.num_processes, accelerator.mixed_precision)
+
+    metrics_path = output_dir / "metrics.jsonl"
+    last_loss, written, started = math.nan, [], time.time()
+    if train_cfg["save_initial"] and step == 0:
+        written.append(save_checkpoint(accelerator, net, config, 0))
+    accumulated = 0.0
+    while step < train_cfg["max_steps"]:
+        for batch in loader:
+            with accelerator.accumulate(net):
+                loss, _ = training_loss(net, batch, vae, encoder, noise_scheduler, train_cfg, downscale, model_dtype)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and train_cfg["max_grad_norm"]:
+                    accelerator.clip_grad_norm_(trainable, train_cfg["max_grad_norm"])
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            accumulated += accelerator.gather(loss.detach().reshape(1)).mean().item()
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            last_loss = accumulated / train_cfg["gradient_accumulation_steps"]
+            accumulated = 0.0
+            if not math.isfinite(last_loss):
+                raise FloatingPointError(f"loss became {last_loss} at step {step}")
+            if accelerator.is_main_process:
+                record = {"step": step, "loss": last_loss, "lr": lr_scheduler.get_last_lr()[0],
+                          "seconds": round(time.time() - started, 3)}
+                with metrics_path.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                if train_cfg["report_to"]:
+                    accelerator.log({"loss": last_loss, "lr": record["lr"]}, step=step)
+                if step % train_cfg["log_every"] == 0 or step == 1:
+                    logger.info("step %d loss %.5f lr %.3g", step, last_loss, record["lr"])
+            if step % train_cfg["checkpointing_steps"] == 0 or step == train_cfg["max_steps"]:
+                written.append(save_checkpoint(accelerator, net, config, step))
+            if step >= train_cfg["max_steps"]:
+                break
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return {"step": step, "loss": last_loss, "checkpoints": [str(p) for p in written],
+            "seconds": time.time() - started}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="trainer/configs/stage1.yaml, stage2.yaml or end2end.yaml")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=1000 data.batch_size=4")
+    args = parser.parse_args(argv)
+    try:
+        summary = train(load_config(args.config, args.overrides))
+    except (ConfigError, DataError, SetupError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in summary.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
