@@ -2,35 +2,14 @@
 IMAGPose was trained on. The work is done in imagpose.pose; this file only declares the nodes."""
 from __future__ import annotations
 
-import os
-
 from comfy_api.latest import io
 
 from .imagpose import pose as P
+from .imagpose.comfyui.files import dwpose_model_dirs
 
 POSE_KEYPOINT = io.Custom("POSE_KEYPOINT")
 CATEGORY = "IMAGPose/pose"
 PERSON_OPTIONS = ["largest", "most_confident", "all", "by_index"]
-
-
-def model_dirs() -> list[str]:
-    """Folders searched for the DWPose ONNX files: the pack's models/imagpose folder(s), then
-    comfyui_controlnet_aux's ckpts folder (and its AUX_ANNOTATOR_CKPTS_PATH override)."""
-    import folder_paths
-
-    folders: list[str] = []
-    try:
-        folders += list(folder_paths.get_folder_paths("imagpose"))
-    except Exception:  # noqa: BLE001 - the pack registers the key; tolerate running without it
-        pass
-    default = os.path.join(folder_paths.models_dir, "imagpose")
-    if default not in folders:
-        folders.append(default)
-    try:
-        custom = list(folder_paths.get_folder_paths("custom_nodes"))
-    except Exception:  # noqa: BLE001
-        custom = []
-    return P.dwpose_search_dirs(folders, custom)
 
 
 def _progress(total: int):
@@ -108,7 +87,7 @@ class IMAGPosePoseExtract(io.ComfyNode):
         total = int(images.shape[0]) if hasattr(images, "shape") and len(images.shape) == 4 else 1
         try:
             frames = P.extract_poses(images, detector=detector, include_hands=include_hands,
-                                     include_face=include_face, person=who, model_dirs=model_dirs(),
+                                     include_face=include_face, person=who, model_dirs=dwpose_model_dirs(),
                                      on_missing=on_no_person, progress=_progress(total))
         except P.NoPersonFound as error:
             raise _fail(node, "images", "photos each showing a person", error) from error

@@ -90,7 +90,7 @@ def test_extract_uses_dwpose_files_in_the_model_folder(nodes_pose):
     weights[[0, 5, 6], 2] = 1.0
     make_fake_rtmpose(folder / "dw-ll_ucoco_384.onnx", weights)
     try:
-        assert str(folder.parent) in nodes_pose.model_dirs()
+        assert str(folder.parent) in nodes_pose.dwpose_model_dirs()
         rgb = np.zeros((64, 64, 3), np.uint8)
         rgb[30:33, 20:23, 0] = 255
         pose_images, keypoints = nodes_pose.NODES[0].execute(to_image_tensor(rgb), "dwpose", False, False,
@@ -110,7 +110,7 @@ def test_errors_name_node_input_expected_and_got(nodes_pose):
             Extract.execute(to_image_tensor(blank), "mediapipe", False, False, "largest", 0, "error")
         images, keypoints = Extract.execute(to_image_tensor(blank), "mediapipe", False, False, "largest", 0, "empty").result
         assert keypoints[0]["people"] == [] and float(images.max()) == 0.0
-    with pytest.raises(RuntimeError, match="IMAGPose Pose Extract: input 'detector'.*yolox_l.onnx.*models.imagpose"):
+    with pytest.raises(RuntimeError, match="IMAGPose Pose Extract: input 'detector'.*yolox_l.onnx.*imagpose.dwpose"):
         Extract.execute(to_image_tensor(blank + 1), "dwpose", False, False, "largest", 0, "error")
     with pytest.raises(ValueError, match="IMAGPose Pose Render: input 'keypoints': expected POSE_KEYPOINT"):
         Render.execute("not keypoints", 0, 0, True, False)

@@ -69,7 +69,8 @@ def pose_extractor(detector: str):
                 "source poses or install the pose dependencies (see README, Poses)"
             ) from error
         try:
-            return extract_pose_images(images, detector=detector, model_dirs=dwpose_model_dirs())
+            # body + hands, as the training data's DWPose renders
+            return extract_pose_images(images, detector=detector, include_hands=True, model_dirs=dwpose_model_dirs())
         except (ValueError, RuntimeError) as error:  # no person found, or no detector can run
             raise InputError(f"source_poses: not connected, and extracting them from source_images failed: {error}") from error
 
