@@ -63,8 +63,8 @@ class PoseRule:
         image_path = Path(image_path)
         if self.template is not None:
             try:
-                return Path(self.template.format(dir=image_path.parent, name=image_path.name,
-                                                 stem=image_path.stem, ext=image_path.suffix))
+                return Path(os.path.normpath(self.template.format(dir=image_path.parent, name=image_path.name,
+                                                                  stem=image_path.stem, ext=image_path.suffix)))
             except (KeyError, IndexError) as error:
                 raise DataError(f"{self.describe()}: unknown placeholder {error}; use {{dir}} {{name}} {{stem}} {{ext}}")
         old, new = self.replace
