@@ -53,6 +53,7 @@ class ComfyServer:
     """A ComfyUI server process on 127.0.0.1 with its own base directory.
 
     ``startup_timeout`` counts from the start of the process until ``GET /object_info`` answers.
+    ``cpu=False`` lets ComfyUI pick its device (a GPU where there is one).
     ``extra_args`` are appended to the command line. ``env`` adds environment variables.
     """
 
@@ -66,6 +67,7 @@ class ComfyServer:
         env: dict[str, str] | None = None,
         comfyui: str | os.PathLike | None = None,
         python: str | None = None,
+        cpu: bool = True,
     ):
         self.base_dir = Path(base_dir).resolve()
         self.port = port or free_port()
@@ -74,6 +76,7 @@ class ComfyServer:
         self.env = dict(env or {})
         self.comfyui = Path(comfyui).resolve() if comfyui else comfyui_path()
         self.python = python or comfyui_python()
+        self.cpu = cpu
         self.log_path = self.base_dir / "comfyui.log"
         self.process: subprocess.Popen | None = None
         self.client = ComfyClient(f"http://127.0.0.1:{self.port}")
@@ -85,7 +88,7 @@ class ComfyServer:
         return [
             self.python,
             "main.py",
-            "--cpu",
+            *(["--cpu"] if self.cpu else []),
             "--listen", "127.0.0.1",
             "--port", str(self.port),
             "--base-directory", str(self.base_dir),
