@@ -100,6 +100,8 @@ def resume_path(config: dict) -> Path | None:
         return None
     if resume == "latest":
         found = checkpoints_in(Path(config["output_dir"]))
+        if not found:
+            logger.info("train.resume=latest: no checkpoint in %s yet, starting from step 0", config["output_dir"])
         return found[-1] if found else None
     path = Path(resume)
     if not (path / "state").is_dir() or not (path / "trainer_state.json").is_file():
