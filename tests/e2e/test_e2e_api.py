@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from harness import (
-    ComfyHTTPError,
     WORKFLOWS_DIR,
+    ComfyHTTPError,
     describe_error,
     image_stats,
     load_workflow,
@@ -31,7 +31,8 @@ def pack_nodes(object_info):
 
 def test_pack_loaded_without_import_errors(comfy_server, object_info):
     log = comfy_server.log_text()
-    assert "IMPORT FAILED" not in log or "comfyui-imagpose" not in log.split("IMPORT FAILED", 1)[1].splitlines()[0]
+    failed = [line for line in log.splitlines() if "IMPORT FAILED" in line and "comfyui-imagpose" in line]
+    assert not failed, failed
     assert "IMAGPose: pose nodes unavailable" not in log
     assert set(CORE_NODES) | POSE_NODES <= set(pack_nodes(object_info)), sorted(pack_nodes(object_info))
 

@@ -100,3 +100,19 @@ def test_workflow_runs(path, comfy_server, object_info, timings):
         assert (s["width"], s["height"]) == (CELL_W, CELL_H), f"image {i}: {s}"
         assert s["finite"], f"image {i} has non-finite values"
         assert s["std"] > 1.0, f"image {i} is (nearly) constant: {s}"
+
+
+def test_workflow_files_match_generator(object_info):
+    """workflows/*.json are what scripts/make_workflows.py writes for the live node schemas
+    (a node's inputs or outputs changed: run `python scripts/make_workflows.py`, and make_thumbnails.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_workflows", WORKFLOWS_DIR.parent / "scripts" / "make_workflows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    built = module.build_all(object_info)
+    assert set(built) == {p.stem for p in WORKFLOW_FILES}
+    for name, workflow in built.items():
+        on_disk = load_workflow(WORKFLOWS_DIR / f"{name}.json")
+        assert on_disk == json.loads(json.dumps(workflow)), (
+            f"{name}.json is out of date: run `python scripts/make_workflows.py` (and scripts/make_thumbnails.py)")

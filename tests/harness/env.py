@@ -46,7 +46,7 @@ def prepare_inprocess_comfyui(path: str | os.PathLike | None = None) -> Path:
     """
     root = Path(path).resolve() if path else comfyui_path()
     if str(root) not in sys.path:
-        sys.path.append(str(root))
+        sys.path.insert(0, str(root))  # ComfyUI's `nodes`, `utils`, ... must win over same-named files here
     import comfy.cli_args  # noqa: PLC0415
 
     if os.environ.get("IMAGPOSE_TEST_DEVICE", "cpu") == "cpu":
