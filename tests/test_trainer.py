@@ -17,13 +17,20 @@ import yaml
 from imagpose.checkpoints import build_model, load_weights
 from imagpose.testing import make_tiny_model
 from trainer import train as train_lib
+from trainer.config import DEFAULTS
 from trainer.loss import make_noise_scheduler, training_loss
 from trainer.models import (SetupError, TrainingNet, enable_gradient_checkpointing, load_image_encoder,
                             load_motion_module, load_vae, stage1_model, vae_downscale)
-from trainer.testing import tiny_config, write_setup
+from trainer.testing import one_intraop_thread, tiny_config, write_setup
 
 REPO = Path(__file__).resolve().parents[1]
 MOTION = ".motion_modules."
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with one_intraop_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +86,7 @@ def last_checkpoint(run_dir: Path) -> Path:
 def stage1(setup):
     """Step 1 under `accelerate launch` (a subprocess, CPU), then step 2 resumed in this process."""
     path, output_dir = write_config(setup, "stage1", save_initial=True, max_steps=1, checkpointing_steps=1)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
                              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                              "-m", "trainer.train", "--config", str(path)],
@@ -203,8 +210,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(setup, parts):
     _, paths = setup
     vae, encoder = parts
     batch = sample_batch(setup)
-    scheduler = make_noise_scheduler({"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-                                      "beta_schedule": "scaled_linear"})
+    scheduler = make_noise_scheduler(DEFAULTS["noise_scheduler"])
     train = {"noise_offset": 0.05, "uncond_ratio": 0.0, "snr_gamma": 5.0}
     grads = []
     for checkpointing in (False, True):

@@ -11,10 +11,16 @@ from trainer import data as data_lib
 from trainer.config import ConfigError, load_config
 from trainer.data import DataError, GroupDataset, PoseRule, augment_pair, pick_images
 from trainer.loss import grid_inputs, make_noise_scheduler
-from trainer.testing import POSE_TEMPLATE, photos, write_dataset
+from trainer.testing import one_intraop_thread, POSE_TEMPLATE, photos, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "trainer" / "configs"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with one_intraop_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

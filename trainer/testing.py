@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,18 @@ TINY_VAE = {
     "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
 }
 CELL = 64
+
+
+@contextmanager
+def one_intraop_thread():
+    """Torch on one thread for a while: on a small shared machine (2 cores, other jobs running) OpenMP's
+    spinning worker threads can make tiny-model steps 30x slower than on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def photos() -> dict[str, np.ndarray]:
