@@ -20,7 +20,7 @@ from trainer import train as train_lib
 from trainer.config import DEFAULTS
 from trainer.loss import make_noise_scheduler, training_loss
 from trainer.models import (SetupError, TrainingNet, enable_gradient_checkpointing, load_image_encoder,
-                            load_motion_module, load_vae, stage1_model, vae_downscale)
+                            load_motion_module, load_vae, set_trainable, stage1_model, vae_downscale)
 from trainer.testing import one_intraop_thread, tiny_config, write_setup
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,3 +265,14 @@ def test_motion_module_that_does_not_fit_is_refused(motion_file, tmp_path):
     torch.save({"down_blocks.0.resnets.0.conv1.weight": torch.zeros(1)}, tmp_path / "none.pth")
     with pytest.raises(SetupError, match="no \\*.motion_modules"):
         load_motion_module(unet, tmp_path / "none.pth")
+
+
+def test_set_trainable_per_stage():
+    model = make_tiny_model(seed=0)
+    names = parameters_named(model)
+    cva = {n for n in names if MOTION in n}
+    expected = {"stage1": names - cva, "stage2": cva, "end2end": names}
+    for stage, wanted in expected.items():
+        trainable = set_trainable(model, stage)
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == wanted, stage
+        assert {id(p) for p in trainable} == {id(p) for n, p in model.named_parameters() if n in wanted}
