@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -112,6 +113,46 @@ def candidate_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in CHECKPOINT_EXTENSIONS)
 
 
+def peek(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Keys and shapes without reading the data (safetensors header; memory-mapped zip pickles)."""
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                shapes = {k: handle.get_slice(k).get_shape() for k in handle.keys()}
+                metadata = handle.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointError(f"{path.name} is not a readable safetensors file (truncated?): {error}") from error
+        return {k: torch.empty(v, device="meta") for k, v in shapes.items()}, metadata
+    return read_state_dict(path)
+
+
+def survey(files: list[Path]) -> dict[str, list[Path]]:
+    """Files by the part their keys say they hold; unreadable or foreign files are left out."""
+    kinds: dict[str, list[Path]] = {}
+    for path in files:
+        try:
+            kinds.setdefault(classify(*peek(path)), []).append(path)
+        except CheckpointError:
+            continue
+    return kinds
+
+
+def _step(path: Path) -> str | None:
+    match = re.search(r"-(\d+)$", path.stem)
+    return match.group(1) if match else None
+
+
+def _pick(candidates: list[Path], part: str, step: str | None, widget: str) -> Path:
+    """One file of a part; several are told apart by the training step in their names (-N), as the authors save them."""
+    if len(candidates) > 1 and step is not None:
+        same_step = [p for p in candidates if _step(p) == step]
+        candidates = same_step or candidates
+    if len(candidates) > 1:
+        names = ", ".join(p.name for p in candidates)
+        raise CheckpointError(f"several {part.replace('_', ' ')} files fit ({names}); choose one with {widget}")
+    return candidates[0]
+
+
 def load_weights(
     checkpoint: str | os.PathLike,
     motion_module: str | os.PathLike | None = None,
@@ -128,7 +169,7 @@ def load_weights(
     sources: dict[str, str] = {}
     heads = DEFAULT_HEADS
 
-    def take(path: Path, required: str | None = None) -> None:
+    def take(path: Path, required: str | None = None) -> str:
         nonlocal heads
         state_dict, metadata = read_state_dict(path)
         kind = classify(state_dict, metadata)
@@ -140,43 +181,45 @@ def load_weights(
             for part, tensors in _split_pack(state_dict).items():
                 if tensors:
                     found[part], sources[part] = tensors, path.name
-        elif kind not in found:
+        else:
             found[kind], sources[kind] = state_dict, path.name
+        return kind
 
     if checkpoint.is_dir():
         files = candidate_files(checkpoint)
         if not files:
             raise CheckpointError(f"folder {checkpoint} holds no checkpoint files ({', '.join(CHECKPOINT_EXTENSIONS)})")
-        for path in files:
-            if path.name.startswith("motion_module"):
-                continue  # an override, chosen explicitly; its keys duplicate the UNet's
-            try:
-                take(path)
-            except CheckpointError:
-                continue  # other files may share the folder
+        kinds = survey(files)
+        models = kinds.get("pack", []) + kinds.get("unet", [])
+        if not models:
+            raise CheckpointError(f"folder {checkpoint} holds no IMAGPose UNet or pack file "
+                                  f"(authors' names: denoising_unet-N.pth / motion_module-N.pth)")
+        if len(models) > 1:
+            names = ", ".join(p.name for p in models)
+            raise CheckpointError(f"folder {checkpoint.name} holds several UNets ({names}); choose the file itself as "
+                                  "checkpoint (authors: stage 2 saves motion_module-N.pth, end-to-end denoising_unet-N.pth)")
+        main = models[0]
+        take(main)
+        folder = checkpoint
     else:
-        take(checkpoint)
-        if "unet" not in found:
+        main = checkpoint
+        if take(checkpoint) not in ("pack", "unet"):
             raise CheckpointError(f"{checkpoint.name} holds a {next(iter(found)).replace('_', ' ')}, not an IMAGPose UNet")
-        for path in candidate_files(checkpoint.parent):
-            if path != checkpoint and not path.name.startswith("motion_module") and len(found) < len(PARTS):
-                try:
-                    state_dict, metadata = read_state_dict(path)
-                    kind = classify(state_dict, metadata)
-                except CheckpointError:
-                    continue
-                if kind in ("pose_guider", "patch_embed") and kind not in found:
-                    found[kind], sources[kind] = state_dict, path.name
+        folder = checkpoint.parent
+        kinds = None
 
     for part, explicit in (("pose_guider", pose_guider), ("patch_embed", patch_embed)):
         if explicit is not None:
-            found.pop(part, None)
             take(Path(explicit), required=part)
+        elif part not in found:
+            if kinds is None:
+                kinds = survey([p for p in candidate_files(folder) if p != main])
+            if kinds.get(part):
+                take(_pick(kinds[part], part, _step(main), part))
     missing = [p for p in PARTS if p not in found]
     if missing:
-        where = checkpoint if checkpoint.is_dir() else checkpoint.parent
         raise CheckpointError(
-            f"missing {', '.join(missing)} weights: looked in {where} for files whose keys match "
+            f"missing {', '.join(missing)} weights: looked in {folder} for files whose keys match "
             "(authors' names: denoising_unet-N.pth, pose_guider-N.pth, patch-N.pth)"
         )
     if motion_module is not None:

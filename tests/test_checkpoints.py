@@ -167,3 +167,24 @@ def test_pack_is_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         checkpoints.save_pack(model, target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_several_steps_in_one_folder_pick_the_matching_step(tmp_path):
+    first, second = make_tiny_model(seed=1), make_tiny_model(seed=2)
+    checkpoints.save_authors_format(first, tmp_path, step=1000)
+    checkpoints.save_authors_format(second, tmp_path, step=2000)
+    loaded = build_model(load_weights(tmp_path / "denoising_unet-2000.pth"))
+    assert torch.equal(outputs(loaded), outputs(second))
+    with pytest.raises(CheckpointError, match="several UNets"):
+        load_weights(tmp_path)
+    (tmp_path / "pose_guider-2000.pth").rename(tmp_path / "pose_guider-best.pth")
+    with pytest.raises(CheckpointError, match="several pose guider files fit"):
+        load_weights(tmp_path / "denoising_unet-2000.pth")
+
+
+def test_folder_with_stage2_unet_named_motion_module_loads(tmp_path):
+    """The authors' stage 2 saves the whole UNet as motion_module-N.pth: keys, not names, decide."""
+    model = make_tiny_model(seed=4)
+    checkpoints.save_authors_format(model, tmp_path, step=5)
+    (tmp_path / "denoising_unet-5.pth").rename(tmp_path / "motion_module-5.pth")
+    assert torch.equal(outputs(build_model(load_weights(tmp_path))), outputs(model))
