@@ -48,8 +48,8 @@ class IMAGPoseModelLoader(io.ComfyNode):
                                tooltip="auto: found next to the checkpoint (or inside a pack file). Otherwise this file (authors' patch-N.pth)."),
             ],
             outputs=[
-                io.Model.Output("model", tooltip="The IMAGPose UNet for the stock KSampler (v-prediction, zero terminal SNR)."),
-                IMAGPose.Output("imagpose", tooltip="Patch embedder for IMAGPose FLC Encode."),
+                io.Model.Output("model", display_name="model", tooltip="The IMAGPose UNet for the stock KSampler (v-prediction, zero terminal SNR)."),
+                IMAGPose.Output("imagpose", display_name="imagpose", tooltip="Patch embedder for IMAGPose FLC Encode."),
             ],
         )
 
@@ -102,8 +102,8 @@ class IMAGPoseFLCEncode(io.ComfyNode):
                 *cell_inputs(),
             ],
             outputs=[
-                io.Conditioning.Output("positive", tooltip="Reference tokens."),
-                io.Conditioning.Output("negative", tooltip="Zeros of the same shape (classifier-free guidance)."),
+                io.Conditioning.Output("positive", display_name="positive", tooltip="Reference tokens."),
+                io.Conditioning.Output("negative", display_name="negative", tooltip="Zeros of the same shape (classifier-free guidance)."),
             ],
         )
 
@@ -141,8 +141,8 @@ class IMAGPoseILCPack(io.ComfyNode):
             outputs=[
                 io.Conditioning.Output("packed_positive", display_name="positive", tooltip="For the KSampler's positive."),
                 io.Conditioning.Output("packed_negative", display_name="negative", tooltip="For the KSampler's negative."),
-                io.Latent.Output("latent", tooltip="Empty grid latent for the KSampler (denoise 1.0)."),
-                Layout.Output("layout", tooltip="Which cells are targets, for IMAGPose Grid Unpack."),
+                io.Latent.Output("latent", display_name="latent", tooltip="Empty grid latent for the KSampler (denoise 1.0)."),
+                Layout.Output("layout", display_name="layout", tooltip="Which cells are targets, for IMAGPose Grid Unpack."),
             ],
         )
 

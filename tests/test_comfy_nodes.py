@@ -238,3 +238,25 @@ def test_model_sampling_matches_training_schedule(comfy_nodes):
     # ComfyUI clamps the last alpha_cumprod away from 0 (infinite sigma); every other sigma must agree
     assert torch.allclose(sampling.sigmas[:-1].double(), sigmas[:-1], rtol=1e-4)
     assert sampling.sigmas[-1] > 1000
+
+
+def test_models_linked_in_from_elsewhere_load(comfy_nodes, tiny_models, tmp_path):
+    root, paths = tiny_models
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes(paths["pack"].read_bytes())
+    link = root / "imagpose" / "linked.safetensors"
+    link.symlink_to(outside)
+    model = run_node(comfy_nodes, "IMAGPoseModelLoader", "linked.safetensors", "none", "auto", "auto")[0]
+    assert model.model.diffusion_model is not None
+    with pytest.raises(ValueError, match="not found"):
+        run_node(comfy_nodes, "IMAGPoseModelLoader", "../imagpose/linked.safetensors/../../vae/tiny-vae.safetensors",
+                 "none", "auto", "auto")
+
+
+def test_extra_model_paths_key_adds_to_the_default_folder(comfy_nodes, tiny_models):
+    import folder_paths
+
+    root, _ = tiny_models
+    paths = folder_paths.get_folder_paths("imagpose")
+    assert str(root / "imagpose") in paths  # added before the pack loaded, as extra_model_paths.yaml does
+    assert str(Path(folder_paths.models_dir) / "imagpose") in paths

@@ -12,13 +12,11 @@ FOLDER = "imagpose"
 
 
 def register() -> None:
-    if FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[FOLDER] = (
-            [os.path.join(folder_paths.models_dir, FOLDER)], set(CHECKPOINT_EXTENSIONS)
-        )
-    else:  # added by extra_model_paths.yaml before this pack loaded: keep its folders, fix the extensions
-        paths, _ = folder_paths.folder_names_and_paths[FOLDER]
-        folder_paths.folder_names_and_paths[FOLDER] = (paths, set(CHECKPOINT_EXTENSIONS))
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    paths = list(folder_paths.folder_names_and_paths.get(FOLDER, ([], None))[0])
+    if default not in paths:  # an `imagpose:` key in extra_model_paths.yaml adds folders, it must not hide this one
+        paths.append(default)
+    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(CHECKPOINT_EXTENSIONS))
 
 
 def _roots(*folders: str) -> list[Path]:
@@ -46,8 +44,9 @@ def resolve(name: str, folders: tuple[str, ...], node: str, widget: str, expecte
     """The file or folder `name` in the given model folders, or an error that lists where it looked."""
     roots = _roots(*folders)
     for root in roots:
-        candidate = (root / name).resolve()
-        if candidate.exists() and root.resolve() in candidate.parents:
+        # normalised but not resolved: a model linked in from elsewhere is fine, a name climbing out with .. is not
+        candidate = Path(os.path.normpath(root / name))
+        if candidate.exists() and Path(os.path.normpath(root)) in candidate.parents:
             return candidate
     searched = ", ".join(str(r) for r in roots) or "(no folders registered)"
     raise FileNotFoundError(f"{node}: {widget} {name!r} not found. Searched: {searched}. Expected {expected}.")
