@@ -1,8 +1,9 @@
 """IMAGPose for ComfyUI: pose-guided person image generation (NeurIPS 2024)."""
 import importlib.util
 
-# pytest and the trainer import this folder as a plain package; the nodes exist only inside ComfyUI.
-if importlib.util.find_spec("comfy_api") is not None:
+# pytest imports this folder too (it is the tests' root package), sometimes without a package name when the
+# checkout's folder name is not an identifier; the nodes are registered only when a ComfyUI imports the pack.
+if __package__ and importlib.util.find_spec("comfy_api") is not None:
     import logging
 
     from typing_extensions import override
