@@ -29,8 +29,13 @@ def load(custom_nodes_dir: Path, models_root: Path):
     if "nodes" in _loaded:
         return _loaded["nodes"]
     root = comfyui_path()
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    # ComfyUI first: the repository root (also on sys.path) has a nodes.py of its own
+    while str(root) in sys.path:
+        sys.path.remove(str(root))
+    sys.path.insert(0, str(root))
+    stray = sys.modules.get("nodes")
+    if stray is not None and Path(getattr(stray, "__file__", "")).parent != root:
+        del sys.modules["nodes"]
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
