@@ -23,7 +23,14 @@ def main() -> None:
     parser.add_argument("--size", choices=["tiny", "sd15"], default="tiny")
     parser.add_argument("--cell", type=int, default=64, help="cell side in pixels (multiple of 64)")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--pytorch-attention", action="store_true",
+                        help="ComfyUI's --use-pytorch-cross-attention (on CPU it otherwise picks sub-quadratic attention)")
     args = parser.parse_args()
+    if args.pytorch_attention:
+        sys.path.insert(0, str(__import__("comfy_inprocess").comfyui_path()))
+        import comfy.cli_args
+
+        comfy.cli_args.args.use_pytorch_cross_attention = True
 
     from imagpose import checkpoints, testing
 
@@ -79,7 +86,10 @@ def main() -> None:
             plain(sample, torch.tensor([500.0]), torch.cat([context, context]), pose)
     plain_s = (time.perf_counter() - start) / args.steps
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print(f"size={args.size} cell={cell}x{cell} grid={2 * cell}x{2 * cell} threads={torch.get_num_threads()}")
+    from comfy.ldm.modules.attention import optimized_attention
+
+    print(f"size={args.size} cell={cell}x{cell} grid={2 * cell}x{2 * cell} threads={torch.get_num_threads()} "
+          f"ComfyUI attention={optimized_attention.__name__}")
     print(f"loader: {load_s:.2f} s")
     print(f"ComfyUI KSampler (cond+uncond): {comfy_s:.3f} s/step")
     print(f"plain IMAGPoseModel, batch 2:  {plain_s:.3f} s/step")
