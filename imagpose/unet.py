@@ -55,6 +55,7 @@ class IMAGPoseUNet(UNet2DConditionModel):
 
     def __init__(self, *args, cva_config: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.gradient_checkpointing = False  # set by diffusers' enable_gradient_checkpointing()
         cva_config = dict(cva_config or {})
         cva_config.setdefault("groups", self.config.norm_num_groups)
         self.cva_config = cva_config
@@ -90,8 +91,17 @@ class IMAGPoseUNet(UNet2DConditionModel):
         emb = self.time_embedding(self.time_proj(timesteps).to(sample.dtype))
         context = encoder_hidden_states
 
+        def run(module, *args):
+            # this forward calls the block layers itself, so it honours the checkpointing flag itself
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                return self._gradient_checkpointing_func(module, *args)
+            return module(*args)
+
         def cva(module: CrossViewAttention, h: torch.Tensor) -> torch.Tensor:
-            return module(h, attention) if use_cva else h
+            return run(module, h, attention) if use_cva else h
+
+        def attend(attn, h: torch.Tensor) -> torch.Tensor:  # checkpoints its own transformer blocks when enabled
+            return attn(h, encoder_hidden_states=context, return_dict=False)[0]
 
         h = self.conv_in(sample)
         if pose_features is not None:
@@ -100,9 +110,9 @@ class IMAGPoseUNet(UNet2DConditionModel):
         for block in self.down_blocks:
             attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
             for resnet, attn, module in zip(block.resnets, attentions, block.motion_modules):
-                h = resnet(h, emb)
+                h = run(resnet, h, emb)
                 if attn is not None:
-                    h = attn(h, encoder_hidden_states=context, return_dict=False)[0]
+                    h = attend(attn, h)
                 h = cva(module, h)
                 skips.append(h)
             for downsampler in block.downsamplers or []:
@@ -110,18 +120,18 @@ class IMAGPoseUNet(UNet2DConditionModel):
                 skips.append(h)
 
         mid = self.mid_block
-        h = mid.resnets[0](h, emb)
-        h = mid.attentions[0](h, encoder_hidden_states=context, return_dict=False)[0]
+        h = run(mid.resnets[0], h, emb)
+        h = attend(mid.attentions[0], h)
         h = cva(mid.motion_modules[0], h)
         for resnet in mid.resnets[1:]:
-            h = resnet(h, emb)
+            h = run(resnet, h, emb)
 
         for block in self.up_blocks:
             attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
             for resnet, attn, module in zip(block.resnets, attentions, block.motion_modules):
-                h = resnet(torch.cat([h, skips.pop()], dim=1), emb)
+                h = run(resnet, torch.cat([h, skips.pop()], dim=1), emb)
                 if attn is not None:
-                    h = attn(h, encoder_hidden_states=context, return_dict=False)[0]
+                    h = attend(attn, h)
                 h = cva(module, h)
             for upsampler in block.upsamplers or []:
                 h = upsampler(h)

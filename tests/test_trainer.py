@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.utils.checkpoint
 import yaml
 
 from imagpose.checkpoints import build_model, load_weights
@@ -19,7 +20,7 @@ from imagpose.testing import make_tiny_model
 from trainer import train as train_lib
 from trainer.config import DEFAULTS
 from trainer.loss import make_noise_scheduler, training_loss
-from trainer.models import (SetupError, TrainingNet, enable_gradient_checkpointing, load_image_encoder,
+from trainer.models import (SetupError, TrainingNet, load_image_encoder,
                             load_motion_module, load_vae, set_trainable, stage1_model, vae_downscale)
 from trainer.testing import one_intraop_thread, tiny_config, write_setup
 
@@ -213,18 +214,25 @@ def test_gradient_checkpointing_gives_the_same_gradients(setup, parts):
     scheduler = make_noise_scheduler(DEFAULTS["noise_scheduler"])
     train = {"noise_offset": 0.05, "uncond_ratio": 0.0, "snr_gamma": 5.0}
     grads = []
+    recomputed = []
+
+    def counting_checkpoint(module, *args):
+        recomputed.append(type(module).__name__)
+        return torch.utils.checkpoint.checkpoint(module, *args, use_reentrant=False)
+
     for checkpointing in (False, True):
         torch.manual_seed(0)
         model = stage1_model(paths["base_unet"], [16, 16, 32, 32], 4)
         with torch.no_grad():  # non-zero pose guider output so its gradient path is exercised too
             model.pose_guider.conv_out.weight.normal_(0, 0.1)
         if checkpointing:
-            assert enable_gradient_checkpointing(model.unet) > 0
+            model.unet.enable_gradient_checkpointing(counting_checkpoint)
         net = TrainingNet(model, use_cva=True).train()
         torch.manual_seed(1)
         loss, _ = training_loss(net, batch, vae, encoder, scheduler, train, vae_downscale(vae))
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert {"ResnetBlock2D", "BasicTransformerBlock", "CrossViewAttention"} <= set(recomputed)
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 100
     for name, grad in grads[0].items():
         assert torch.allclose(grad, grads[1][name], rtol=1e-4, atol=1e-6), name

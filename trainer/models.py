@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import torch
-import torch.utils.checkpoint
 from torch import nn
 
 from imagpose import image_encoder as image_encoder_lib
@@ -151,32 +150,6 @@ def set_trainable(model: IMAGPoseModel, stage: str) -> list[nn.Parameter]:
         if flag:
             trainable.append(parameter)
     return trainable
-
-
-def enable_gradient_checkpointing(unet: IMAGPoseUNet) -> int:
-    """Recompute every resnet, attention and CVA module in the backward pass; returns how many were wrapped.
-
-    IMAGPoseUNet runs its blocks' layers itself, so diffusers' own flag (read inside the block forwards) has
-    no effect on it; the layers' forwards are wrapped instead.
-    """
-    count = 0
-    for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
-        for group in ("resnets", "attentions", "motion_modules"):
-            for module in getattr(block, group, None) or []:
-                _checkpoint_forward(module)
-                count += 1
-    return count
-
-
-def _checkpoint_forward(module: nn.Module) -> None:
-    forward = module.forward
-
-    def checkpointed(*args, **kwargs):
-        if module.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
-        return forward(*args, **kwargs)
-
-    module.forward = checkpointed
 
 
 class TrainingNet(nn.Module):

@@ -30,7 +30,7 @@ from imagpose.checkpoints import save_authors_format, save_pack
 from .config import ConfigError, load_config
 from .data import DataError, GroupDataset
 from .loss import make_noise_scheduler, training_loss
-from .models import (SetupError, TrainingNet, check_compatible, enable_gradient_checkpointing, load_image_encoder,
+from .models import (SetupError, TrainingNet, check_compatible, load_image_encoder,
                      load_motion_module, load_vae, set_trainable, stage1_model, trained_model, vae_downscale)
 
 logger = logging.getLogger("trainer")
@@ -155,7 +155,7 @@ def train(config: dict) -> dict:
     check_compatible(model, vae, encoder)
     trainable = set_trainable(model, config["stage"])
     if train_cfg["gradient_checkpointing"]:
-        enable_gradient_checkpointing(model.unet)
+        model.unet.enable_gradient_checkpointing()
     net = TrainingNet(model, use_cva=config["stage"] != "stage1").train()
 
     dataset = GroupDataset.from_config(config["data"])
