@@ -31,14 +31,6 @@ class GridLayout:
     def flags(self) -> tuple[int, ...]:
         return tuple(0 if s is None else 1 for s in self.cell_sources)
 
-    @property
-    def num_sources(self) -> int:
-        return len({s for s in self.cell_sources if s is not None})
-
-    @property
-    def num_targets(self) -> int:
-        return len(self.target_cells)
-
 
 def make_layout(num_sources: int, num_targets: int, cell_height: int, cell_width: int) -> GridLayout:
     """Sources fill the first cells, targets the last ones.

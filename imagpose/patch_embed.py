@@ -13,10 +13,6 @@ class PatchEmbedding(nn.Module):
         self.config = {"patch_size": patch_size, "in_channels": in_channels, "embed_dim": embed_dim}
         self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
 
-    @property
-    def patch_size(self) -> int:
-        return self.proj.kernel_size[0]
-
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.proj(latent).flatten(2).transpose(1, 2)
 
