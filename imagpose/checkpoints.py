@@ -22,7 +22,7 @@ from .cva import CrossViewAttention
 from .model import IMAGPoseModel
 from .patch_embed import PatchEmbedding
 from .pose_guider import PoseGuider
-from .unet import DEFAULT_HEADS, IN_CHANNELS, IMAGPoseUNet, unet_config_from_state_dict
+from .unet import DEFAULT_HEADS, IN_CHANNELS, MOTION_KEY, IMAGPoseUNet, unet_config_from_state_dict
 
 PACK_FORMAT = "imagpose-pack"
 PACK_VERSION = "1"
@@ -31,7 +31,11 @@ CHECKPOINT_EXTENSIONS = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 
 class CheckpointError(ValueError):
-    """A file that cannot be used as (part of) an IMAGPose checkpoint; the message says why."""
+    """A file that cannot be used as (part of) an IMAGPose checkpoint; the message says why, `path` which file."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None
 
 
 @dataclass
@@ -47,27 +51,27 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     """Tensors and metadata of one file. Pickles load with weights_only=True: code inside is refused."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path} does not exist or is not a file")
+        raise CheckpointError(f"{path} does not exist or is not a file", path)
     if path.suffix == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
             return load_file(str(path)), metadata
         except (SafetensorError, OSError, ValueError) as error:
-            raise CheckpointError(f"{path.name} is not a readable safetensors file (truncated?): {error}") from error
+            raise CheckpointError(f"{path.name} is not a readable safetensors file (truncated?): {error}", path) from error
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"{path.name} was refused: it is a pickle that needs more than tensors to load (weights_only=True), "
-            f"which could run code. Only plain state dicts are accepted. Detail: {str(error).splitlines()[0]}"
+            f"which could run code. Only plain state dicts are accepted. Detail: {str(error).splitlines()[0]}", path
         ) from error
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
-        raise CheckpointError(f"{path.name} could not be read (truncated or not a torch file): {error}") from error
+        raise CheckpointError(f"{path.name} could not be read (truncated or not a torch file): {error}", path) from error
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(torch.is_tensor(v) for v in loaded.values()):
-        raise CheckpointError(f"{path.name} does not hold a state dict of tensors")
+        raise CheckpointError(f"{path.name} does not hold a state dict of tensors", path)
     return {k.removeprefix("module."): v for k, v in loaded.items()}, {}
 
 
@@ -121,7 +125,7 @@ def peek(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
                 shapes = {k: handle.get_slice(k).get_shape() for k in handle.keys()}
                 metadata = handle.metadata() or {}
         except (SafetensorError, OSError, ValueError) as error:
-            raise CheckpointError(f"{path.name} is not a readable safetensors file (truncated?): {error}") from error
+            raise CheckpointError(f"{path.name} is not a readable safetensors file (truncated?): {error}", path) from error
         return {k: torch.empty(v, device="meta") for k, v in shapes.items()}, metadata
     return read_state_dict(path)
 
@@ -153,6 +157,71 @@ def _pick(candidates: list[Path], part: str, step: str | None, widget: str) -> P
     return candidates[0]
 
 
+def read_motion_modules(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The CVA (`*.motion_modules.*`) tensors of any file that holds them, keyed as in the IMAGPose UNet.
+
+    Accepts the authors' motion_module-N.pth (a whole UNet), AnimateDiff-style motion-module checkpoints (only
+    motion-module tensors, possibly under `state_dict`) and this pack's files (`unet.` prefix).
+    """
+    state_dict, metadata = read_state_dict(path)
+    if (metadata or {}).get("format") == PACK_FORMAT or any(k.startswith("unet.") for k in state_dict):
+        state_dict = {k.removeprefix("unet."): v for k, v in state_dict.items()}
+    motion = {k: v for k, v in state_dict.items() if MOTION_KEY in k}
+    if not motion:
+        sample = ", ".join(sorted(state_dict)[:2]) or "no tensors"
+        raise CheckpointError(f"{Path(path).name} holds no *{MOTION_KEY}* (cross-view attention) weights; its keys "
+                              f"look like {sample}. Expected an authors' motion_module-N.pth, an AnimateDiff motion "
+                              "module or an IMAGPose pack file", path)
+    return motion
+
+
+@dataclass
+class _Parts:
+    """What has been read so far: tensors per part, the file each came from, the pack's head count."""
+
+    tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    heads: int = DEFAULT_HEADS
+
+    def read(self, path: Path, required: str | None = None) -> str:
+        """Read one file into its part(s); returns the kind its keys say it is."""
+        state_dict, metadata = read_state_dict(path)
+        try:
+            kind = classify(state_dict, metadata)
+        except CheckpointError as error:
+            raise CheckpointError(f"{path.name}: {error}", path) from error
+        if required and kind != required:
+            raise CheckpointError(f"{path.name} holds a {kind.replace('_', ' ')}, expected a "
+                                  f"{required.replace('_', ' ')}", path)
+        if kind == "pack":
+            self.heads = int(json.loads(metadata.get("config", "{}")).get("heads", DEFAULT_HEADS))
+            for part, tensors in _split_pack(state_dict).items():
+                if tensors:
+                    self.tensors[part], self.sources[part] = tensors, path.name
+        else:
+            self.tensors[kind], self.sources[kind] = state_dict, path.name
+        return kind
+
+
+def _find_model_file(checkpoint: Path) -> tuple[Path, dict[str, list[Path]] | None]:
+    """The UNet or pack file a checkpoint names (itself, or the one such file in a folder), plus the folder's survey."""
+    if not checkpoint.is_dir():
+        return checkpoint, None
+    files = candidate_files(checkpoint)
+    if not files:
+        raise CheckpointError(f"folder {checkpoint} holds no checkpoint files ({', '.join(CHECKPOINT_EXTENSIONS)})")
+    kinds = survey(files)
+    models = kinds.get("pack", []) + kinds.get("unet", [])
+    if not models:
+        raise CheckpointError(f"folder {checkpoint} holds no IMAGPose UNet or pack file "
+                              f"(authors' names: denoising_unet-N.pth / motion_module-N.pth)")
+    if len(models) > 1:
+        names = ", ".join(p.name for p in models)
+        raise CheckpointError(f"folder {checkpoint.name} holds several UNets ({names}); choose the file itself as "
+                              "checkpoint (authors: stage 2 saves motion_module-N.pth, end-to-end denoising_unet-N.pth)")
+    return models[0], kinds
+
+
 def load_weights(
     checkpoint: str | os.PathLike,
     motion_module: str | os.PathLike | None = None,
@@ -161,75 +230,34 @@ def load_weights(
 ) -> IMAGPoseWeights:
     """Collect the three parts from a pack file, an authors' UNet file (siblings found by their keys) or a folder.
 
-    `motion_module` (optional) replaces the CVA weights with the `*.motion_modules.*` tensors of that file.
+    `motion_module` (optional) replaces the CVA weights with those of that file (see `read_motion_modules`).
     `pose_guider`/`patch_embed` name explicit files; otherwise they are looked for next to the checkpoint.
     """
     checkpoint = Path(checkpoint)
-    found: dict[str, dict[str, torch.Tensor]] = {}
-    sources: dict[str, str] = {}
-    heads = DEFAULT_HEADS
-
-    def take(path: Path, required: str | None = None) -> str:
-        nonlocal heads
-        state_dict, metadata = read_state_dict(path)
-        kind = classify(state_dict, metadata)
-        if required and kind != required:
-            raise CheckpointError(f"{path.name} holds a {kind.replace('_', ' ')}, expected a {required.replace('_', ' ')}")
-        if kind == "pack":
-            config = json.loads(metadata.get("config", "{}"))
-            heads = int(config.get("heads", DEFAULT_HEADS))
-            for part, tensors in _split_pack(state_dict).items():
-                if tensors:
-                    found[part], sources[part] = tensors, path.name
-        else:
-            found[kind], sources[kind] = state_dict, path.name
-        return kind
-
-    if checkpoint.is_dir():
-        files = candidate_files(checkpoint)
-        if not files:
-            raise CheckpointError(f"folder {checkpoint} holds no checkpoint files ({', '.join(CHECKPOINT_EXTENSIONS)})")
-        kinds = survey(files)
-        models = kinds.get("pack", []) + kinds.get("unet", [])
-        if not models:
-            raise CheckpointError(f"folder {checkpoint} holds no IMAGPose UNet or pack file "
-                                  f"(authors' names: denoising_unet-N.pth / motion_module-N.pth)")
-        if len(models) > 1:
-            names = ", ".join(p.name for p in models)
-            raise CheckpointError(f"folder {checkpoint.name} holds several UNets ({names}); choose the file itself as "
-                                  "checkpoint (authors: stage 2 saves motion_module-N.pth, end-to-end denoising_unet-N.pth)")
-        main = models[0]
-        take(main)
-        folder = checkpoint
-    else:
-        main = checkpoint
-        if take(checkpoint) not in ("pack", "unet"):
-            raise CheckpointError(f"{checkpoint.name} holds a {next(iter(found)).replace('_', ' ')}, not an IMAGPose UNet")
-        folder = checkpoint.parent
-        kinds = None
-
+    main, kinds = _find_model_file(checkpoint)
+    parts = _Parts()
+    if parts.read(main) not in ("pack", "unet"):
+        raise CheckpointError(f"{main.name} holds a {next(iter(parts.tensors)).replace('_', ' ')}, not an IMAGPose UNet")
+    folder = main.parent
     for part, explicit in (("pose_guider", pose_guider), ("patch_embed", patch_embed)):
         if explicit is not None:
-            take(Path(explicit), required=part)
-        elif part not in found:
+            parts.read(Path(explicit), required=part)
+        elif part not in parts.tensors:
             if kinds is None:
                 kinds = survey([p for p in candidate_files(folder) if p != main])
             if kinds.get(part):
-                take(_pick(kinds[part], part, _step(main), part))
-    missing = [p for p in PARTS if p not in found]
+                parts.read(_pick(kinds[part], part, _step(main), part))
+    missing = [p for p in PARTS if p not in parts.tensors]
     if missing:
         raise CheckpointError(
             f"missing {', '.join(missing)} weights: looked in {folder} for files whose keys match "
             "(authors' names: denoising_unet-N.pth, pose_guider-N.pth, patch-N.pth)"
         )
     if motion_module is not None:
-        override, _ = read_state_dict(motion_module)
-        motion = {k: v for k, v in override.items() if ".motion_modules." in k}
-        if not motion:
-            raise CheckpointError(f"{Path(motion_module).name} holds no *.motion_modules.* weights")
-        found["unet"] = {**found["unet"], **motion}
-        sources["motion_modules"] = Path(motion_module).name
-    return IMAGPoseWeights(found["unet"], found["pose_guider"], found["patch_embed"], heads, sources)
+        parts.tensors["unet"] = {**parts.tensors["unet"], **read_motion_modules(motion_module)}
+        parts.sources["motion_modules"] = Path(motion_module).name
+    t = parts.tensors
+    return IMAGPoseWeights(t["unet"], t["pose_guider"], t["patch_embed"], parts.heads, parts.sources)
 
 
 def cva_config_from_unet(unet_state_dict: dict[str, torch.Tensor], heads: int) -> dict | None:

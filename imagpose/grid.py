@@ -83,12 +83,6 @@ def flag_map(layout: GridLayout, batch: int, latent_height: int, latent_width: i
     return pack_grid(cells)
 
 
-def masked_cells(layout: GridLayout, sources: torch.Tensor) -> list[torch.Tensor]:
-    """Source images per cell, black where a target goes. `sources` is (N, C, H, W) at cell size."""
-    black = torch.zeros_like(sources[0:1])
-    return [black if s is None else sources[s : s + 1] for s in layout.cell_sources]
-
-
 def pose_cells(layout: GridLayout, source_poses: torch.Tensor, target_poses: torch.Tensor) -> list[torch.Tensor]:
     """Pose image per cell: each source cell shows its source's pose, each target cell its target pose."""
     cells: list[torch.Tensor] = []
@@ -98,3 +92,31 @@ def pose_cells(layout: GridLayout, source_poses: torch.Tensor, target_poses: tor
         else:
             cells.append(source_poses[source].unsqueeze(0))
     return cells
+
+
+def layout_cells(layout: GridLayout, sources: torch.Tensor, source_poses: torch.Tensor,
+                 target_poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What each cell of one grid shows: (4, C, H, W) images (a source, or black on a target cell) and
+    (4, 3, H, W) poses. Inputs are (N, C, H, W) at cell size, sources/poses indexed as in the layout."""
+    black = torch.zeros_like(sources[0])
+    images = torch.stack([black if s is None else sources[s] for s in layout.cell_sources])
+    return images, torch.cat(pose_cells(layout, source_poses, target_poses))
+
+
+def assemble(layouts: list[GridLayout], cell_images: torch.Tensor, cell_poses: torch.Tensor,
+             latent_downscale: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The image-level conditioning of a batch of grids, the same for training and inference.
+
+    cell_images/cell_poses: (B, 4, C, H, W), one layout per grid. Returns the masked grid (B, C, 2H, 2W) with
+    every target cell black, the pose grid (B, 3, 2H, 2W) and the flag map (B, 1, 2H/d, 2W/d).
+    """
+    if len(layouts) != cell_images.shape[0] or cell_images.shape[1] != CELLS:
+        raise ValueError(f"expected {len(layouts)} grids of {CELLS} cells, got cells shaped {tuple(cell_images.shape)}")
+    height, width = cell_images.shape[-2:]
+    if height % latent_downscale or width % latent_downscale:
+        raise ValueError(f"cells of {width}x{height} px do not split into latents of 1/{latent_downscale}")
+    shown = torch.tensor([layout.flags for layout in layouts], dtype=cell_images.dtype, device=cell_images.device)
+    masked = pack_grid(list((cell_images * shown.view(*shown.shape, 1, 1, 1)).unbind(1)))
+    pose_grid = pack_grid(list(cell_poses.unbind(1)))
+    flags = torch.cat([flag_map(layout, 1, height // latent_downscale, width // latent_downscale) for layout in layouts])
+    return masked, pose_grid, flags.to(cell_images.device)

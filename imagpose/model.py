@@ -12,6 +12,11 @@ from .unet import IMAGPoseUNet
 LATENT_SCALE = 0.18215  # SD1.5 VAE scaling factor
 
 
+def flc_context(patch_embed: PatchEmbedding, image_embeds: torch.Tensor, reference_latents: torch.Tensor) -> torch.Tensor:
+    """FLC tokens: image-encoder tokens followed by patch-embedded (scaled) reference latents."""
+    return torch.cat([image_embeds, patch_embed(reference_latents)], dim=1)
+
+
 class IMAGPoseModel(nn.Module):
     def __init__(self, unet: IMAGPoseUNet, pose_guider: PoseGuider, patch_embed: PatchEmbedding):
         super().__init__()
@@ -20,8 +25,7 @@ class IMAGPoseModel(nn.Module):
         self.patch_embed = patch_embed
 
     def context(self, image_embeds: torch.Tensor, reference_latents: torch.Tensor) -> torch.Tensor:
-        """FLC tokens: image-encoder tokens followed by patch-embedded (scaled) reference latents."""
-        return torch.cat([image_embeds, self.patch_embed(reference_latents)], dim=1)
+        return flc_context(self.patch_embed, image_embeds, reference_latents)
 
     def forward(
         self,

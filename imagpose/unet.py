@@ -16,6 +16,7 @@ from .cva import AttentionFunction, CrossViewAttention, sdpa_attention
 
 IN_CHANNELS = 9  # noisy latent (4) + flag (1) + masked grid latent (4)
 DEFAULT_HEADS = 8  # SD1.5 uses 8 heads at every level; head count is not visible in the weights
+MOTION_KEY = ".motion_modules."  # in every CVA weight's name (AnimateDiff's, which the authors kept)
 
 
 def unet_config_from_state_dict(state_dict: dict[str, torch.Tensor], heads: int = DEFAULT_HEADS) -> dict[str, Any]:

@@ -164,3 +164,42 @@ def test_two_layers_per_block_like_sd15(setup, tiny_models):
     diff = (v_from_denoised(x, sigma, denoised) - reference_v(model, sampling, x, sigma, *inputs)).abs().max().item()
     print(f"2 layers per block, 1->3: max diff {diff:.2e}")
     assert diff <= TOLERANCE
+
+
+@pytest.mark.parametrize("name,roles", [("1->3", (True, False, False, False)), ("2->2", (True, True, False, False))])
+def test_training_conditioning_equals_inference_conditioning(setup, tiny_models, name, roles):
+    """The trainer's grid inputs and FLC context equal what FLC Encode + ILC Pack attach, on the same cells."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file
+
+    from imagpose.testing import SD_VAE
+    from trainer.loss import grid_inputs, vae_latents
+
+    comfy_nodes, vae, model, dino = setup
+    _, paths = tiny_models
+    diffusers_vae = AutoencoderKL(**SD_VAE)
+    diffusers_vae.load_state_dict({k: v.float() for k, v in load_file(str(paths["vae"])).items()})
+    n_sources = sum(roles)
+    cells = torch.cat([photo(i, CELL, CELL) for i in range(4)])  # (4, H, W, 3), already cell-sized
+    poses = torch.cat([pose_image(30 + i, CELL, CELL) for i in range(4)])
+    sources, targets = cells[:n_sources], poses[n_sources:]
+
+    run = lambda node, *args, **kw: comfy_nodes.NODE_CLASS_MAPPINGS[node].execute(*args, **kw).result  # noqa: E731
+    _, bundle = run("IMAGPoseModelLoader", "tiny-imagpose.safetensors", "none", "auto", "auto")
+    encoder = run("IMAGPoseImageEncoderLoader", "tiny-dinov2")[0]
+    positive, _ = run("IMAGPoseFLCEncode", encoder, bundle, vae, sources, 0, False, CELL, CELL, "pad")
+    positive, _, _, _ = run("IMAGPoseILCPack", positive, positive, vae, sources, targets, CELL, CELL, "pad", "auto",
+                            source_poses=poses[:n_sources])
+    context, options = positive[0]
+
+    chw = cells.movedim(-1, 1)[None]
+    _, masked, pose_grid, flags = grid_inputs(chw, poses.movedim(-1, 1)[None], torch.tensor([roles]), 8)
+    with torch.no_grad():
+        masked_latent = vae_latents(diffusers_vae, masked, sample=False)
+        training_context = model.context(encode(dino, chw[:, 0]), vae_latents(diffusers_vae, chw[:, 0], sample=False))
+    assert torch.equal(flags, options["concat_mask"])
+    assert torch.equal(pose_grid, options["model_conds"]["imagpose_pose"].cond)
+    latent_diff = (masked_latent - options["concat_latent_image"] * LATENT_SCALE).abs().max().item()
+    context_diff = (training_context - context).abs().max().item()
+    print(f"{name}: masked latent {latent_diff:.2e}, FLC context {context_diff:.2e}")
+    assert latent_diff <= TOLERANCE and context_diff <= TOLERANCE

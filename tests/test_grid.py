@@ -51,10 +51,23 @@ def test_masked_and_pose_cells_follow_layout():
     sources = torch.stack([torch.full((3, 4, 4), v) for v in (0.3, 0.6)])
     source_poses = torch.stack([torch.full((3, 4, 4), v) for v in (0.1, 0.2)])
     target_poses = torch.stack([torch.full((3, 4, 4), v) for v in (0.8, 0.9)])
-    masked = [c.mean().item() for c in grid.masked_cells(layout, sources)]
-    assert masked == pytest.approx([0.3, 0.6, 0.0, 0.0])
-    poses = [c.mean().item() for c in grid.pose_cells(layout, source_poses, target_poses)]
-    assert poses == pytest.approx([0.1, 0.2, 0.8, 0.9])
+    images, poses = grid.layout_cells(layout, sources, source_poses, target_poses)
+    assert [c.mean().item() for c in images] == pytest.approx([0.3, 0.6, 0.0, 0.0])
+    assert [c.mean().item() for c in poses] == pytest.approx([0.1, 0.2, 0.8, 0.9])
+
+
+def test_assemble_blacks_out_targets_per_grid_layout():
+    """Training passes the ground truth in target cells; assemble must hide it, whatever each grid's layout."""
+    layouts = [grid.make_layout(1, 3, 8, 8), grid.make_layout(3, 1, 8, 8)]
+    cells = torch.rand(2, 4, 3, 8, 8) + 0.1
+    poses = torch.rand(2, 4, 3, 8, 8)
+    masked, pose_grid, flags = grid.assemble(layouts, cells, poses, latent_downscale=4)
+    assert masked.shape == pose_grid.shape == (2, 3, 16, 16) and flags.shape == (2, 1, 4, 4)
+    for b, layout in enumerate(layouts):
+        shown = [c.abs().sum().item() > 0 for c in grid.split_grid(masked[b : b + 1])]
+        assert shown == [s is not None for s in layout.cell_sources]
+        assert [c.mean().item() for c in grid.split_grid(flags[b : b + 1])] == list(layout.flags)
+        assert torch.equal(pose_grid[b], grid.pack_grid(list(poses[b : b + 1].unbind(1)))[0])
 
 
 @pytest.mark.parametrize("sources,targets", [(0, 1), (1, 0), (4, 1), (1, 4), (2, 3), (3, 3)])

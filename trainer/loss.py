@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from imagpose import image_encoder as image_encoder_lib
-from imagpose.grid import flag_map, masked_cells, pack_grid
+from imagpose.grid import assemble, pack_grid
 from imagpose.model import LATENT_SCALE
 from imagpose.training import layout_from_roles, min_snr_weights
 
@@ -36,15 +36,9 @@ def make_noise_scheduler(config: dict):
 
 def grid_inputs(images: torch.Tensor, poses: torch.Tensor, roles: torch.Tensor, downscale: int):
     """(B, 4, 3, H, W) cells + (B, 4) roles -> image grid, masked grid, pose grid (B, 3, 2H, 2W), flags (B, 1, 2h, 2w)."""
-    batch, _, _, height, width = images.shape
-    image_grid = pack_grid(list(images.unbind(1)))
-    pose_grid = pack_grid(list(poses.unbind(1)))
-    masked, flags = [], []
-    for b in range(batch):
-        layout = layout_from_roles(roles[b].tolist(), height, width)
-        masked.append(pack_grid(masked_cells(layout, images[b])))
-        flags.append(flag_map(layout, 1, height // downscale, width // downscale))
-    return image_grid, torch.cat(masked), pose_grid, torch.cat(flags).to(images.device)
+    height, width = images.shape[-2:]
+    layouts = [layout_from_roles(r.tolist(), height, width) for r in roles]
+    return pack_grid(list(images.unbind(1))), *assemble(layouts, images, poses, downscale)
 
 
 @torch.no_grad()

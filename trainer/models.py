@@ -13,17 +13,16 @@ import torch
 from torch import nn
 
 from imagpose import image_encoder as image_encoder_lib
-from imagpose.checkpoints import CheckpointError, build_model, load_weights, read_state_dict
+from imagpose.checkpoints import CheckpointError, build_model, load_weights, read_motion_modules
 from imagpose.cva import AttentionFunction, sdpa_attention
 from imagpose.model import IMAGPoseModel
 from imagpose.patch_embed import PatchEmbedding
 from imagpose.pose_guider import PoseGuider
 from imagpose.training import widen_conv_in
-from imagpose.unet import IN_CHANNELS, IMAGPoseUNet, unet_config_from_state_dict
+from imagpose.unet import IN_CHANNELS, MOTION_KEY, IMAGPoseUNet, unet_config_from_state_dict
 
 logger = logging.getLogger(__name__)
 
-MOTION_KEY = ".motion_modules."
 # base-UNet settings the IMAGPose loaders cannot read from tensor shapes: they must have these values
 FIXED_BASE_CONFIG = {"norm_num_groups": 32}
 DERIVED_KEYS = ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types",
@@ -114,13 +113,9 @@ def load_motion_module(unet: IMAGPoseUNet, path: str | os.PathLike) -> int:
     taken when their shape matches and kept otherwise (they are a fixed function of the cell index).
     """
     try:
-        state, _ = read_state_dict(path)
+        motion = read_motion_modules(path)
     except CheckpointError as error:
         raise SetupError(f"model.motion_module: {error}") from error
-    motion = {k.removeprefix("unet."): v for k, v in state.items() if MOTION_KEY in k}
-    if not motion:
-        raise SetupError(f"model.motion_module: {Path(path).name} holds no *.motion_modules.* tensors "
-                         "(expected AnimateDiff-v2-style keys such as down_blocks.0.motion_modules.0....)")
     own = {k: v for k, v in unet.state_dict().items() if MOTION_KEY in k}
     missing = [k for k in own if k not in motion and not k.endswith(".pe")]
     wrong = [f"{k} {tuple(motion[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
