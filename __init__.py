@@ -4,19 +4,12 @@ import importlib.util
 # pytest imports this folder too (it is the tests' root package), sometimes without a package name when the
 # checkout's folder name is not an identifier; the nodes are registered only when a ComfyUI imports the pack.
 if __package__ and importlib.util.find_spec("comfy_api") is not None:
-    import logging
-
     from typing_extensions import override
 
     from comfy_api.latest import ComfyExtension, io
 
     from .nodes import NODES as _CORE_NODES
-
-    try:
-        from .nodes_pose import NODES as _POSE_NODES
-    except ImportError as error:  # the pose nodes' optional dependencies may be missing
-        logging.warning("IMAGPose: pose nodes unavailable (%s)", error)
-        _POSE_NODES = []
+    from .nodes_pose import NODES as _POSE_NODES  # imagpose.pose imports its optional detectors only when used
 
     class IMAGPoseExtension(ComfyExtension):
         @override

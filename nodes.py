@@ -4,14 +4,14 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .imagpose.comfyui import conditioning, files, loaders
-from .imagpose.comfyui.errors import node_errors
+from .imagpose.comfyui.errors import check_widgets, node_boundary, validation_result
 from .imagpose.imaging import FIT_MODES
+from .imagpose.pose import DETECTORS
 
 CATEGORY = "IMAGPose"
 IMAGPose = io.Custom("IMAGPOSE")
 ImageEncoder = io.Custom("IMAGPOSE_IMAGE_ENCODER")
 Layout = io.Custom("IMAGPOSE_LAYOUT")
-DETECTORS = ("auto", "mediapipe", "dwpose")
 
 files.register()
 
@@ -25,6 +25,15 @@ def cell_inputs() -> list[io.Input]:
         io.Combo.Input("fit", options=list(FIT_MODES), default="pad",
                        tooltip="How images of another aspect ratio enter a cell: pad (letterbox) or crop (fill, centre crop). Never stretched."),
     ]
+
+
+def validate_cell(node, width: int, height: int, multiple: int) -> bool | str:
+    """validate_inputs of the nodes with cell_inputs: the widgets' limits and the cell's divisibility."""
+    def check():
+        check_widgets(node, width=width, height=height)
+        conditioning.check_cell(height, width, multiple)
+
+    return validation_result(node, check)
 
 
 class IMAGPoseModelLoader(io.ComfyNode):
@@ -55,9 +64,8 @@ class IMAGPoseModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, checkpoint, motion_module, pose_guider, patch_embed) -> io.NodeOutput:
-        with node_errors("IMAGPose Model Loader", "checkpoint"):
-            model, bundle = loaders.load_imagpose("IMAGPose Model Loader", checkpoint, motion_module, pose_guider, patch_embed)
-        return io.NodeOutput(model, bundle)
+        with node_boundary(cls):
+            return io.NodeOutput(*loaders.load_imagpose(checkpoint, motion_module, pose_guider, patch_embed))
 
 
 class IMAGPoseImageEncoderLoader(io.ComfyNode):
@@ -77,8 +85,8 @@ class IMAGPoseImageEncoderLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, image_encoder) -> io.NodeOutput:
-        with node_errors("IMAGPose Image Encoder Loader", "image_encoder"):
-            return io.NodeOutput(loaders.load_image_encoder("IMAGPose Image Encoder Loader", image_encoder))
+        with node_boundary(cls):
+            return io.NodeOutput(loaders.load_image_encoder(image_encoder))
 
 
 class IMAGPoseFLCEncode(io.ComfyNode):
@@ -108,12 +116,15 @@ class IMAGPoseFLCEncode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, width=512, height=768) -> bool | str:
+        return validate_cell(cls, width, height, conditioning.FLC_MULTIPLE)
+
+    @classmethod
     def execute(cls, image_encoder, imagpose, vae, source_images, reference_index, use_all_sources,
                 width, height, fit) -> io.NodeOutput:
-        with node_errors("IMAGPose FLC Encode"):
-            positive, negative = conditioning.flc_conditioning(
-                image_encoder, imagpose, vae, source_images, reference_index, use_all_sources, height, width, fit)
-        return io.NodeOutput(positive, negative)
+        with node_boundary(cls):
+            return io.NodeOutput(*conditioning.flc_conditioning(
+                image_encoder, imagpose, vae, source_images, reference_index, use_all_sources, height, width, fit))
 
 
 class IMAGPoseILCPack(io.ComfyNode):
@@ -147,13 +158,16 @@ class IMAGPoseILCPack(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, width=512, height=768) -> bool | str:
+        return validate_cell(cls, width, height, conditioning.ILC_MULTIPLE)
+
+    @classmethod
     def execute(cls, positive, negative, vae, source_images, target_poses, width, height, fit,
                 source_pose_detector, source_poses=None) -> io.NodeOutput:
-        with node_errors("IMAGPose ILC Pack"):
+        with node_boundary(cls):
             extract = None if source_poses is not None else loaders.pose_extractor(source_pose_detector)
-            result = conditioning.ilc_conditioning(positive, negative, vae, source_images, target_poses,
-                                                   source_poses, height, width, fit, extract)
-        return io.NodeOutput(*result)
+            return io.NodeOutput(*conditioning.ilc_conditioning(positive, negative, vae, source_images, target_poses,
+                                                                source_poses, height, width, fit, extract))
 
 
 class IMAGPoseGridUnpack(io.ComfyNode):
@@ -175,7 +189,7 @@ class IMAGPoseGridUnpack(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, layout, which) -> io.NodeOutput:
-        with node_errors("IMAGPose Grid Unpack"):
+        with node_boundary(cls):
             return io.NodeOutput(conditioning.unpack_images(images, layout, which))
 
 

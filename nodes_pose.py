@@ -5,39 +5,11 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .imagpose import pose as P
-from .imagpose.comfyui.files import dwpose_model_dirs
+from .imagpose.comfyui import pose as glue
+from .imagpose.comfyui.errors import check_widgets, node_boundary, validation_result
 
 POSE_KEYPOINT = io.Custom("POSE_KEYPOINT")
 CATEGORY = "IMAGPose/pose"
-PERSON_OPTIONS = ["largest", "most_confident", "all", "by_index"]
-
-
-def _progress(total: int):
-    import comfy.model_management
-    import comfy.utils
-
-    bar = comfy.utils.ProgressBar(max(total, 1))
-
-    def update(done: int, _total: int) -> None:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        bar.update_absolute(done, _total)
-
-    return update
-
-
-def _fail(node: str, input_name: str, expected: str, error: Exception):
-    kind = type(error) if isinstance(error, (ValueError, RuntimeError)) else RuntimeError
-    return kind(f"{node}: input '{input_name}': expected {expected}; got: {error}")
-
-
-def _parse_keypoints(node: str, input_name: str, value):
-    try:
-        frames = P.openpose_to_frames(value)
-    except (ValueError, TypeError, KeyError) as error:
-        raise _fail(node, input_name, "POSE_KEYPOINT (a list of OpenPose-JSON dicts)", error) from error
-    if not frames:
-        raise ValueError(f"{node}: input '{input_name}': expected at least one pose; got an empty POSE_KEYPOINT list")
-    return frames
 
 
 class IMAGPosePoseExtract(io.ComfyNode):
@@ -62,12 +34,12 @@ class IMAGPosePoseExtract(io.ComfyNode):
                                  tooltip="Detect and draw hand keypoints (IMAGPose's training poses include hands)."),
                 io.Boolean.Input("include_face", default=False,
                                  tooltip="Draw face keypoints (IMAGPose's training poses had none)."),
-                io.Combo.Input("person", options=PERSON_OPTIONS, default="largest",
+                io.Combo.Input("person", options=list(P.PERSON_OPTIONS), default="largest",
                                tooltip="Who to keep when several people are found: the largest, the most confident "
                                        "detection (the IMAGPose reference's rule), everyone, or by_index (left to right)."),
                 io.Int.Input("person_index", default=0, min=0, max=64,
                              tooltip="With person = by_index: 0 is the leftmost person."),
-                io.Combo.Input("on_no_person", options=["error", "empty"], default="error",
+                io.Combo.Input("on_no_person", options=list(P.ON_NO_PERSON), default="error",
                                tooltip="error: stop with a message naming the image; empty: output a black pose "
                                        "and no keypoints for that image."),
             ],
@@ -82,23 +54,9 @@ class IMAGPosePoseExtract(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, detector, include_hands, include_face, person, person_index, on_no_person) -> io.NodeOutput:
-        node = "IMAGPose Pose Extract"
-        who = int(person_index) if person == "by_index" else person
-        total = int(images.shape[0]) if hasattr(images, "shape") and len(images.shape) == 4 else 1
-        try:
-            frames = P.extract_poses(images, detector=detector, include_hands=include_hands,
-                                     include_face=include_face, person=who, model_dirs=dwpose_model_dirs(),
-                                     on_missing=on_no_person, progress=_progress(total))
-        except P.NoPersonFound as error:
-            raise _fail(node, "images", "photos each showing a person", error) from error
-        except P.PoseBackendUnavailable as error:
-            raise _fail(node, "detector", f"a usable '{detector}' pose detector", error) from error
-        except ValueError as error:
-            raise _fail(node, "images", "an IMAGE batch (B, H, W, C) with 1, 3 or 4 channels", error) from error
-        if not frames:
-            raise ValueError(f"{node}: input 'images': expected at least one image; got an empty batch")
-        pose_images = P.render_pose_images(frames, include_hands=include_hands, include_face=include_face)
-        return io.NodeOutput(pose_images, P.frames_to_openpose(frames))
+        with node_boundary(cls):
+            return io.NodeOutput(*glue.extract(images, detector, include_hands, include_face, person, person_index,
+                                               on_no_person))
 
 
 class IMAGPosePoseRender(io.ComfyNode):
@@ -122,17 +80,17 @@ class IMAGPosePoseRender(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, width=0, height=0) -> bool | str:
+        def check():
+            check_widgets(cls, width=width, height=height)
+            glue.check_render_size(width, height)
+
+        return validation_result(cls, check)
+
+    @classmethod
     def execute(cls, keypoints, width, height, include_hands, include_face) -> io.NodeOutput:
-        node = "IMAGPose Pose Render"
-        frames = _parse_keypoints(node, "keypoints", keypoints)
-        if (width == 0) != (height == 0):
-            raise ValueError(f"{node}: inputs 'width'/'height': expected both 0 or both positive; got {width}x{height}")
-        try:
-            images = P.render_pose_images(frames, width or None, height or None, include_hands=include_hands,
-                                          include_face=include_face, progress=_progress(len(frames)))
-        except ValueError as error:
-            raise _fail(node, "width/height", "an output size when the poses' canvases differ", error) from error
-        return io.NodeOutput(images)
+        with node_boundary(cls):
+            return io.NodeOutput(glue.render(keypoints, width, height, include_hands, include_face))
 
 
 class IMAGPosePoseRetarget(io.ComfyNode):
@@ -166,27 +124,8 @@ class IMAGPosePoseRetarget(io.ComfyNode):
 
     @classmethod
     def execute(cls, target_keypoints, source_keypoints, anchor, include_hands, include_face) -> io.NodeOutput:
-        node = "IMAGPose Pose Retarget"
-        targets = _parse_keypoints(node, "target_keypoints", target_keypoints)
-        sources = _parse_keypoints(node, "source_keypoints", source_keypoints)
-        if len(sources) not in (1, len(targets)):
-            raise ValueError(f"{node}: input 'source_keypoints': expected 1 frame or {len(targets)} (one per target); "
-                             f"got {len(sources)}")
-        for name, frames in (("target_keypoints", targets), ("source_keypoints", sources)):
-            for i, frame in enumerate(frames):
-                if not any(p.visible.any() for p in frame.people):
-                    raise ValueError(f"{node}: input '{name}': expected a person in every frame; frame {i} has none")
-        try:
-            out = P.retarget_frames(targets, sources, anchor)
-        except ValueError as error:
-            raise _fail(node, "target_keypoints", "poses with visible body keypoints", error) from error
-        sizes = {(f.width, f.height) for f in out}
-        if len(sizes) == 1:
-            images = P.render_pose_images(out, include_hands=include_hands, include_face=include_face)
-        else:
-            w, h = out[0].width, out[0].height
-            images = P.render_pose_images(out, w, h, include_hands=include_hands, include_face=include_face)
-        return io.NodeOutput(P.frames_to_openpose(out), images)
+        with node_boundary(cls):
+            return io.NodeOutput(*glue.retarget(target_keypoints, source_keypoints, anchor, include_hands, include_face))
 
 
 NODES = [IMAGPosePoseExtract, IMAGPosePoseRender, IMAGPosePoseRetarget]

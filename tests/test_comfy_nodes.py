@@ -1,5 +1,6 @@
 """The nodes inside an in-process ComfyUI: SD1.5-size mapping, isolation from other models, clear errors."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,13 +33,12 @@ def test_sd15_size_maps_to_comfyui_own_inpaint_config(comfy_nodes):
 
 PLAIN_SCRIPT = r"""
 import json, sys, torch
-sys.path[:0] = [sys.argv[1], sys.argv[2], sys.argv[3]]
-from comfy_inprocess import load
 from pathlib import Path
-nodes = load(Path(sys.argv[4]), Path(sys.argv[5]))
-from plain_model import sample_plain
-if len(sys.argv) > 6:
-    from imagpose_sampling import sample_imagpose
+from harness.inprocess import load
+nodes = load(Path(sys.argv[1]), Path(sys.argv[2]))
+from harness.plain_model import sample_plain
+if len(sys.argv) > 3:
+    from harness.imagpose_sampling import sample_imagpose
     sample_imagpose(nodes)
 print(json.dumps(sample_plain().flatten().tolist()))
 """
@@ -46,17 +46,14 @@ print(json.dumps(sample_plain().flatten().tolist()))
 
 def test_other_models_are_untouched_after_imagpose_sampling(tiny_models, tmp_path):
     """A plain SD1.5-family model gives the same result after IMAGPose sampled in the same process as fresh."""
-    from comfy_inprocess import comfyui_path
-
     root, _ = tiny_models
-    helpers = REPO / "tests" / "helpers"
     results = []
     for run, with_imagpose in enumerate((False, True)):
         custom = tmp_path / f"custom{run}"
         custom.mkdir()
-        args = [sys.executable, "-c", PLAIN_SCRIPT, str(comfyui_path()), str(REPO / "tests"), str(helpers),
-                str(custom), str(root)] + (["imagpose"] if with_imagpose else [])
-        done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+        args = [sys.executable, "-c", PLAIN_SCRIPT, str(custom), str(root)] + (["imagpose"] if with_imagpose else [])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+        done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
         results.append(torch.tensor(json.loads(done.stdout.strip().splitlines()[-1])))
     fresh, after = results
@@ -65,8 +62,7 @@ def test_other_models_are_untouched_after_imagpose_sampling(tiny_models, tmp_pat
 
 
 def test_imagpose_layers_exist_only_while_patched(comfy_nodes, tiny_models):
-    sys.path.insert(0, str(REPO / "tests" / "helpers"))
-    from imagpose_sampling import sample_imagpose
+    from harness.imagpose_sampling import sample_imagpose
 
     def cva_layers(module):  # by name: the pack runs as ComfyUI's custom_nodes copy of this code
         return sum(type(m).__name__ == "CVALayer" for m in module.modules())
@@ -103,11 +99,11 @@ def images(n, h=64, w=64):
 
 
 @pytest.mark.parametrize("case,match", [
-    ("no_sources", "source_images: expected 1 to 3 images, got none"),
-    ("four_sources", "source_images: expected 1 to 3 images, got 4"),
-    ("four_targets", "target_poses: expected 1 to 3 images, got 4"),
-    ("five_cells", "need 5 cells; the grid has 4"),
-    ("pose_count", "source_poses: expected one pose per source image \\(2\\), got 1"),
+    ("no_sources", "input 'source_images': expected 1 to 3 images; got none"),
+    ("four_sources", "input 'source_images': expected 1 to 3 images; got 4"),
+    ("four_targets", "input 'target_poses': expected 1 to 3 images; got 4"),
+    ("five_cells", "expected at most 4 cells in the grid; got 2 sources and 3 targets, which need 5 cells"),
+    ("pose_count", "input 'source_poses': expected one pose per source image \\(2\\); got 1"),
     ("cell_size", "multiple of 64"),
     ("cell_mismatch", "set the same width, height and fit"),
 ])
@@ -142,7 +138,7 @@ def test_sources_of_different_sizes_are_fitted_not_refused(parts):
 
 def test_flc_refuses_bad_reference_index(parts):
     nodes, vae, bundle, encoder, _, _ = parts
-    with pytest.raises(ValueError, match="^IMAGPose FLC Encode: reference_index: expected 0..1"):
+    with pytest.raises(ValueError, match="^IMAGPose FLC Encode: input 'reference_index': expected 0..1"):
         run_node(nodes, "IMAGPoseFLCEncode", encoder, bundle, vae, images(2), 2, False, 64, 64, "pad")
 
 
@@ -151,7 +147,8 @@ def test_missing_model_file_names_folders_and_expected_files(comfy_nodes, tiny_m
     with pytest.raises(ValueError) as error:
         run_node(comfy_nodes, "IMAGPoseModelLoader", "nope.safetensors", "none", "auto", "auto")
     message = str(error.value)
-    assert message.startswith("IMAGPose Model Loader: checkpoint 'nope.safetensors' not found")
+    assert message.startswith("IMAGPose Model Loader: input 'checkpoint': expected ")
+    assert "'nope.safetensors', which was not found" in message
     assert str(root / "imagpose") in message and "denoising_unet-N.pth" in message
 
 
@@ -160,7 +157,7 @@ def test_not_imagpose_checkpoint_is_named_by_loader(comfy_nodes, tiny_models):
 
     root, _ = tiny_models
     save_file({"foo": torch.zeros(2)}, str(root / "imagpose" / "random.safetensors"))
-    with pytest.raises(ValueError, match="^IMAGPose Model Loader: checkpoint: not an IMAGPose checkpoint part"):
+    with pytest.raises(ValueError, match="^IMAGPose Model Loader: input 'checkpoint': .*random.safetensors: not an IMAGPose checkpoint part"):
         run_node(comfy_nodes, "IMAGPoseModelLoader", "random.safetensors", "none", "auto", "auto")
 
 
@@ -177,7 +174,7 @@ def test_unpack_returns_targets_in_pose_order_and_checks_size(parts):
     assert out.shape == (3, 32, 32, 3)
     assert [round(v, 2) for v in out.mean(dim=(1, 2, 3)).tolist()] == [0.25, 0.5, 0.75]
     assert run_node(nodes, "IMAGPoseGridUnpack", decoded, layout, "all")[0].shape == (4, 32, 32, 3)
-    with pytest.raises(ValueError, match="^IMAGPose Grid Unpack: images: expected decoded grids of 64x64"):
+    with pytest.raises(ValueError, match="^IMAGPose Grid Unpack: input 'images': expected decoded grids of 64x64"):
         run_node(nodes, "IMAGPoseGridUnpack", torch.zeros(1, 128, 64, 3), layout, "targets")
 
 
@@ -203,7 +200,7 @@ def test_ilc_pack_extracts_source_poses_when_not_connected(parts):
 def test_ilc_pack_reports_no_person_found(parts):
     pytest.importorskip("mediapipe", reason="the MediaPipe pose backend is a test requirement")
     nodes, vae, _, _, positive, negative = parts
-    with pytest.raises(ValueError, match="^IMAGPose ILC Pack: source_poses: not connected, and extracting"):
+    with pytest.raises(ValueError, match="^IMAGPose ILC Pack: input 'source_poses': .*not connected, and extracting"):
         run_node(nodes, "IMAGPoseILCPack", positive, negative, vae, torch.zeros(1, 128, 128, 3), images(1),
                  64, 64, "pad", "mediapipe", source_poses=None)
 
@@ -260,3 +257,27 @@ def test_extra_model_paths_key_adds_to_the_default_folder(comfy_nodes, tiny_mode
     paths = folder_paths.get_folder_paths("imagpose")
     assert str(root / "imagpose") in paths  # added before the pack loaded, as extra_model_paths.yaml does
     assert str(Path(folder_paths.models_dir) / "imagpose") in paths
+
+
+def test_pack_file_works_as_motion_module(comfy_nodes, tiny_models):
+    """The loader takes CVA weights from a pack file as the trainer does: only the CVA changes."""
+    from imagpose.checkpoints import save_pack
+    from imagpose.comfyui.model_patch import KEY
+    from imagpose.testing import make_tiny_model
+
+    root, _ = tiny_models
+    other = make_tiny_model(seed=5)
+    save_pack(other, root / "imagpose" / "other-cva.safetensors")
+
+    def extras(motion_module):
+        model = run_node(comfy_nodes, "IMAGPoseModelLoader", "tiny-authors", motion_module, "auto", "auto")[0]
+        return model.additional_models[KEY][0].model
+
+    plain, swapped = extras("none"), extras("other-cva.safetensors")
+    wanted = [m.state_dict() for m in other.unet.cva_modules()]
+    for module, before, want in zip(swapped.cva, plain.cva, wanted):
+        got = module.state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want)
+        assert not all(torch.equal(got[k], before.state_dict()[k]) for k in want)
+    assert all(torch.equal(a, b) for a, b in zip(swapped.pose_guider.state_dict().values(),
+                                                 plain.pose_guider.state_dict().values()))

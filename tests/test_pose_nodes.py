@@ -1,47 +1,19 @@
 """The V3 pose nodes: schemas (IDs, tooltips, types) and execute() on real inputs, inside ComfyUI's modules."""
 from __future__ import annotations
 
-import importlib
-import os
 import sys
-import types
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [p for p in (str(REPO), str(Path(__file__).resolve().parent)) if p not in sys.path]
+import numpy as np
+import pytest
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from test_pose_helpers import make_fake_rtmpose, make_fake_yolox, photo, to_image_tensor, yolox_raw_predictions  # noqa: E402
-
-COMFYUI = Path(os.environ.get("COMFYUI_PATH", Path.home() / ".cache" / "imagpose-comfyui" / "ComfyUI"))
-PACKAGE = "imagpose_pose_nodes_under_test"
+from harness.env import REPO_ROOT as REPO
+from harness.pose_fixtures import make_fake_rtmpose, make_fake_yolox, photo, to_image_tensor, yolox_raw_predictions
 
 
 @pytest.fixture(scope="module")
-def nodes_pose(tmp_path_factory):
-    if not (COMFYUI / "comfy_api").is_dir():
-        pytest.skip(f"no ComfyUI at {COMFYUI} (set COMFYUI_PATH)")
-    if str(COMFYUI) not in sys.path:
-        sys.path.insert(0, str(COMFYUI))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
-    import utils.extra_config  # noqa: F401  (before anything imports comfy/utils.py as "utils")
-    import folder_paths
-
-    models = tmp_path_factory.mktemp("models")
-    folder_paths.add_model_folder_path("imagpose", str(models / "imagpose"), is_default=True)
-    # Load nodes_pose.py as a module of the pack, the way ComfyUI does (relative imports), without running
-    # the pack's __init__ (which also loads the core nodes).
-    if PACKAGE not in sys.modules:
-        pkg = types.ModuleType(PACKAGE)
-        pkg.__path__ = [str(REPO)]
-        sys.modules[PACKAGE] = pkg
-    module = importlib.import_module(f"{PACKAGE}.nodes_pose")
-    module._models_root = models / "imagpose"
-    return module
+def nodes_pose(comfy_nodes):
+    """The pack's nodes_pose module, as ComfyUI loaded it."""
+    return sys.modules[comfy_nodes.NODE_CLASS_MAPPINGS["IMAGPosePoseExtract"].__module__]
 
 
 def _schema(node):
@@ -80,17 +52,17 @@ def test_extract_render_retarget_chain(nodes_pose):
     assert tuple(big.shape) == (1, 128, 256, 3)
 
 
-def test_extract_uses_dwpose_files_in_the_model_folder(nodes_pose):
+def test_extract_uses_dwpose_files_in_the_model_folder(nodes_pose, tiny_models):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    folder = Path(nodes_pose._models_root) / "dwpose"
+    folder = tiny_models[0] / "imagpose" / "dwpose"
     folder.mkdir(parents=True, exist_ok=True)
     make_fake_yolox(folder / "yolox_l.onnx", yolox_raw_predictions([(320, 320, 200, 400, 0.9, 0, 0.9, 32)]))
     weights = np.zeros((133, 3))
     weights[[0, 5, 6], 2] = 1.0
     make_fake_rtmpose(folder / "dw-ll_ucoco_384.onnx", weights)
     try:
-        assert str(folder.parent) in nodes_pose.dwpose_model_dirs()
+        assert str(folder.parent) in nodes_pose.glue.dwpose_model_dirs()
         rgb = np.zeros((64, 64, 3), np.uint8)
         rgb[30:33, 20:23, 0] = 255
         pose_images, keypoints = nodes_pose.NODES[0].execute(to_image_tensor(rgb), "dwpose", False, False,
@@ -106,18 +78,18 @@ def test_errors_name_node_input_expected_and_got(nodes_pose):
     Extract, Render, Retarget = nodes_pose.NODES
     blank = np.zeros((64, 64, 3), np.uint8)
     if nodes_pose.P.extract.mediapipe_backend.is_available():
-        with pytest.raises(ValueError, match="IMAGPose Pose Extract: input 'images': expected photos each showing a person; got: no person found in image 0"):
+        with pytest.raises(ValueError, match="IMAGPose Pose Extract: input 'images': expected photos each showing a person; got no person found in image 0"):
             Extract.execute(to_image_tensor(blank), "mediapipe", False, False, "largest", 0, "error")
         images, keypoints = Extract.execute(to_image_tensor(blank), "mediapipe", False, False, "largest", 0, "empty").result
         assert keypoints[0]["people"] == [] and float(images.max()) == 0.0
-    with pytest.raises(RuntimeError, match="IMAGPose Pose Extract: input 'detector'.*yolox_l.onnx.*imagpose.dwpose"):
+    with pytest.raises(ValueError, match="IMAGPose Pose Extract: input 'detector'.*yolox_l.onnx.*imagpose.dwpose"):
         Extract.execute(to_image_tensor(blank + 1), "dwpose", False, False, "largest", 0, "error")
     with pytest.raises(ValueError, match="IMAGPose Pose Render: input 'keypoints': expected POSE_KEYPOINT"):
         Render.execute("not keypoints", 0, 0, True, False)
     with pytest.raises(ValueError, match="IMAGPose Pose Render: input 'keypoints': expected at least one pose"):
         Render.execute([], 0, 0, True, False)
-    with pytest.raises(ValueError, match="width'/'height'"):
-        Render.execute([{"people": [], "canvas_width": 8, "canvas_height": 8}], 64, 0, True, False)
+    assert "IMAGPose Pose Render: input 'width/height'" in Render.validate_inputs(width=64, height=0)
+    assert Render.validate_inputs(width=64, height=32) is True and Render.validate_inputs(width=0, height=0) is True
     empty = [{"people": [], "canvas_width": 8, "canvas_height": 8}]
     with pytest.raises(ValueError, match="IMAGPose Pose Retarget: input 'source_keypoints': expected a person"):
         Retarget.execute([{"people": [{"pose_keypoints_2d": [4, 4, 1] * 18}], "canvas_width": 8, "canvas_height": 8}],
@@ -131,12 +103,11 @@ def test_library_imports_without_optional_packages():
     code = (
         "import sys\n"
         "for m in ('cv2', 'mediapipe', 'onnxruntime'): sys.modules[m] = None\n"
-        f"sys.path.insert(0, {str(REPO)!r})\n"
         "from imagpose import pose as P\n"
         "try:\n    P.get_backend('auto', [])\nexcept P.PoseBackendUnavailable as e:\n    print('ERR1', e)\n"
         "try:\n    P.render_frame(P.PoseFrame(8, 8, []))\nexcept RuntimeError as e:\n    print('ERR2', e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert "ERR1" in out.stdout and "mediapipe==0.10.21" in out.stdout and "yolox_l.onnx" in out.stdout
     assert "ERR2" in out.stdout and "opencv" in out.stdout

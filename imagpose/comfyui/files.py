@@ -7,6 +7,7 @@ from pathlib import Path
 import folder_paths
 
 from ..checkpoints import CHECKPOINT_EXTENSIONS
+from .errors import InputError
 
 FOLDER = "imagpose"
 
@@ -40,8 +41,8 @@ def image_encoder_choices() -> list[str]:
     return sorted(names)
 
 
-def resolve(name: str, folders: tuple[str, ...], node: str, widget: str, expected: str) -> Path:
-    """The file or folder `name` in the given model folders, or an error that lists where it looked."""
+def resolve(name: str, folders: tuple[str, ...], widget: str, expected: str) -> Path:
+    """The file or folder `name` in the given model folders, or an InputError that lists where it looked."""
     roots = _roots(*folders)
     for root in roots:
         # normalised but not resolved: a model linked in from elsewhere is fine, a name climbing out with .. is not
@@ -49,7 +50,7 @@ def resolve(name: str, folders: tuple[str, ...], node: str, widget: str, expecte
         if candidate.exists() and Path(os.path.normpath(root)) in candidate.parents:
             return candidate
     searched = ", ".join(str(r) for r in roots) or "(no folders registered)"
-    raise FileNotFoundError(f"{node}: {widget} {name!r} not found. Searched: {searched}. Expected {expected}.")
+    raise InputError(widget, expected, f"{name!r}, which was not found in: {searched}")
 
 
 def dwpose_model_dirs() -> list[str]:

@@ -1,13 +1,12 @@
 """What the loader nodes do: find files, read weights, build the MODEL and the image encoder."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import comfy.model_management
 
 from .. import image_encoder
-from ..checkpoints import build_model, load_weights
-from .conditioning import IMAGPoseBundle, InputError
+from ..checkpoints import CheckpointError, build_model, load_weights
+from .conditioning import IMAGPoseBundle
+from .errors import InputError
 from .files import FOLDER, dwpose_model_dirs, resolve
 from .model_patch import build_model_patcher
 
@@ -16,31 +15,37 @@ EXPECTED_CHECKPOINT = (
     "an IMAGPose .safetensors file from this pack, or the authors' files (denoising_unet-N.pth, pose_guider-N.pth, "
     "patch-N.pth) in one folder, under models/imagpose/"
 )
+EXPECTED_PART = {
+    "checkpoint": EXPECTED_CHECKPOINT,
+    "motion_module": "a file with cross-view attention weights (authors' motion_module-N.pth, an AnimateDiff "
+                     "motion module or an IMAGPose pack file) under models/imagpose/",
+    "pose_guider": "an authors' pose_guider-N.pth (or a pack file) under models/imagpose/",
+    "patch_embed": "an authors' patch-N.pth (or a pack file) under models/imagpose/",
+}
+EXPECTED_ENCODER = ("a DINOv2 model: a transformers folder (config.json + model.safetensors, e.g. dinov2-base) or one "
+                    ".safetensors file, in models/imagpose/ or models/clip_vision/")
 
 
-def load_imagpose(node: str, checkpoint: str, motion_module: str, pose_guider: str, patch_embed: str):
-    def find(widget: str, name: str) -> Path | None:
-        if name in (NONE, AUTO):
-            return None
-        return resolve(name, (FOLDER,), node, widget, EXPECTED_CHECKPOINT)
-
-    weights = load_weights(
-        find("checkpoint", checkpoint),
-        motion_module=find("motion_module", motion_module),
-        pose_guider=find("pose_guider", pose_guider),
-        patch_embed=find("patch_embed", patch_embed),
-    )
-    model = build_model(weights)
-    patcher = build_model_patcher(model)
-    return patcher, IMAGPoseBundle(patch_embed=model.patch_embed, name=checkpoint)
+def load_imagpose(checkpoint: str, motion_module: str, pose_guider: str, patch_embed: str):
+    chosen = {"checkpoint": checkpoint, "motion_module": motion_module, "pose_guider": pose_guider,
+              "patch_embed": patch_embed}
+    paths = {widget: resolve(name, (FOLDER,), widget, EXPECTED_PART[widget])
+             for widget, name in chosen.items() if name not in (NONE, AUTO)}
+    try:
+        model = build_model(load_weights(paths["checkpoint"], motion_module=paths.get("motion_module"),
+                                         pose_guider=paths.get("pose_guider"), patch_embed=paths.get("patch_embed")))
+    except CheckpointError as error:
+        # the widget whose file failed; folder-level and weight-fit problems belong to the checkpoint
+        widget = next((w for w, p in paths.items() if w != "checkpoint" and p == error.path), "checkpoint")
+        raise InputError(widget, EXPECTED_PART[widget], f"{chosen[widget]!r}: {error}") from error
+    return build_model_patcher(model), IMAGPoseBundle(patch_embed=model.patch_embed)
 
 
 class ImageEncoder:
     """DINOv2 kept on the offload device and moved to the compute device only while encoding."""
 
-    def __init__(self, model, name: str):
+    def __init__(self, model):
         self.model = model
-        self.name = name
 
     def encode(self, images):
         device = comfy.model_management.get_torch_device()
@@ -51,11 +56,12 @@ class ImageEncoder:
             self.model.to(comfy.model_management.text_encoder_offload_device())
 
 
-def load_image_encoder(node: str, name: str) -> ImageEncoder:
-    path = resolve(name, (FOLDER, "clip_vision"), node, "image_encoder",
-                   "a DINOv2 model: a transformers folder (config.json + model.safetensors, e.g. dinov2-base) "
-                   "or one .safetensors file, in models/imagpose/ or models/clip_vision/")
-    return ImageEncoder(image_encoder.load_dinov2(path), name)
+def load_image_encoder(name: str) -> ImageEncoder:
+    path = resolve(name, (FOLDER, "clip_vision"), "image_encoder", EXPECTED_ENCODER)
+    try:
+        return ImageEncoder(image_encoder.load_dinov2(path))
+    except image_encoder.ImageEncoderError as error:
+        raise InputError("image_encoder", EXPECTED_ENCODER, f"{name!r}: {error}") from error
 
 
 def pose_extractor(detector: str):
@@ -64,14 +70,13 @@ def pose_extractor(detector: str):
         try:
             from ..pose import extract_pose_images
         except ImportError as error:
-            raise FileNotFoundError(
-                f"source_poses: not connected, and pose extraction is unavailable ({error}); connect rendered "
-                "source poses or install the pose dependencies (see README, Poses)"
-            ) from error
+            raise InputError("source_poses", "rendered source poses, or the pose dependencies installed (see README, "
+                             "Poses) to extract them", f"not connected, and pose extraction is unavailable ({error})") from error
         try:
             # body + hands, as the training data's DWPose renders
             return extract_pose_images(images, detector=detector, include_hands=True, model_dirs=dwpose_model_dirs())
         except (ValueError, RuntimeError) as error:  # no person found, or no detector can run
-            raise InputError(f"source_poses: not connected, and extracting them from source_images failed: {error}") from error
+            raise InputError("source_poses", "rendered source poses, or source photos a detector finds a person in",
+                             f"not connected, and extracting them from source_images failed: {error}") from error
 
     return extract

@@ -19,6 +19,7 @@ from comfy.ldm.modules.attention import optimized_attention
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, Upsample
 
 from ..model import IMAGPoseModel
+from ..unet import MOTION_KEY
 
 KEY = "imagpose"
 POSE_COND = "imagpose_pose"
@@ -52,7 +53,7 @@ def comfy_unet_config(model: IMAGPoseModel) -> dict:
 def comfy_unet_state_dict(model: IMAGPoseModel, unet_config: dict) -> dict[str, torch.Tensor]:
     """diffusers UNet keys -> ComfyUI (ldm) keys, CVA weights left out (they are attached separately)."""
     mapping = comfy.utils.unet_to_diffusers(unet_config)
-    source = {k: v for k, v in model.unet.state_dict().items() if ".motion_modules." not in k}
+    source = {k: v for k, v in model.unet.state_dict().items() if MOTION_KEY not in k}
     converted = {mapping[k]: v for k, v in source.items() if k in mapping}
     unmapped = sorted(set(source) - set(mapping))
     if unmapped:

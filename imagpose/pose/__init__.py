@@ -4,10 +4,14 @@ from .dwpose import search_dirs as dwpose_search_dirs
 from .errors import NoPersonFound, PoseBackendUnavailable
 from .extract import (
     DETECTORS,
+    ON_NO_PERSON,
     PERSON_CHOICES,
+    PERSON_OPTIONS,
+    check_output_size,
     extract_pose_images,
     extract_poses,
     get_backend,
+    person_selector,
     render_pose_images,
     to_uint8_images,
 )
@@ -25,7 +29,8 @@ from .render import render_frame, render_people
 from .retarget import ANCHORS, retarget_frame, retarget_frames, retarget_person
 
 __all__ = [
-    "ANCHORS", "dwpose_search_dirs", "BODY_NAMES", "DETECTORS", "PERSON_CHOICES", "NoPersonFound", "Person", "PoseBackendUnavailable",
+    "ANCHORS", "dwpose_search_dirs", "BODY_NAMES", "check_output_size", "DETECTORS", "ON_NO_PERSON", "PERSON_CHOICES",
+    "PERSON_OPTIONS", "person_selector", "NoPersonFound", "Person", "PoseBackendUnavailable",
     "PoseFrame", "extract_pose_images", "extract_poses", "frame_to_openpose", "frames_to_openpose",
     "get_backend", "openpose_to_frame", "openpose_to_frames", "render_frame", "render_people",
     "render_pose_images", "retarget_frame", "retarget_frames", "retarget_person", "select_people",

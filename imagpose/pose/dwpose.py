@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -57,9 +57,9 @@ def search_dirs(model_folders: Sequence[str] = (), custom_nodes_folders: Sequenc
     return dirs
 
 
-def find_model_files(model_dirs: Optional[Sequence[str]]) -> tuple[Optional[str], Optional[str]]:
+def find_model_files(model_dirs: Sequence[str] | None) -> tuple[str | None, str | None]:
     """Paths of (yolox_l.onnx, dw-ll_ucoco_384.onnx) in model_dirs (each searched with SUBFOLDERS)."""
-    found: dict[str, Optional[str]] = {DET_FILENAME: None, POSE_FILENAME: None}
+    found: dict[str, str | None] = {DET_FILENAME: None, POSE_FILENAME: None}
     for root in model_dirs or ():
         if not root:
             continue
@@ -72,7 +72,7 @@ def find_model_files(model_dirs: Optional[Sequence[str]]) -> tuple[Optional[str]
     return found[DET_FILENAME], found[POSE_FILENAME]
 
 
-def missing_files_message(model_dirs: Optional[Sequence[str]], det: Optional[str], pose: Optional[str]) -> str:
+def missing_files_message(model_dirs: Sequence[str] | None, det: str | None, pose: str | None) -> str:
     missing = [n for n, p in ((DET_FILENAME, det), (POSE_FILENAME, pose)) if p is None]
     where = ", ".join(repr(os.path.join(d, "dwpose")) for d in (model_dirs or ()) if d)
     where = where or "ComfyUI/models/imagpose/dwpose (no model folder was given to search)"

@@ -6,8 +6,10 @@ class PoseBackendUnavailable(RuntimeError):
 
 
 class NoPersonFound(ValueError):
-    """No person was found in an image; ``index`` is the image's position in the batch."""
+    """No person was found; ``index`` is the image's (or pose frame's) position in its batch, ``role`` says which
+    batch ("image" for photos, "source"/"target" for the poses of a retargeting)."""
 
-    def __init__(self, message: str, index: int = 0):
+    def __init__(self, message: str, index: int = 0, role: str = "image"):
         super().__init__(message)
         self.index = index
+        self.role = role

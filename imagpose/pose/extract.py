@@ -1,7 +1,7 @@
 """Photos -> poses: backend choice, image conversion, batches, person selection, rendering to tensors."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -12,8 +12,10 @@ from .render import render_frame
 
 DETECTORS = ("auto", "dwpose", "mediapipe")
 PERSON_CHOICES = ("largest", "most_confident", "all")
+PERSON_OPTIONS = (*PERSON_CHOICES, "by_index")  # what a UI offers: by_index goes with a person index
+ON_NO_PERSON = ("error", "empty")
 MIN_SIDE = 8  # images smaller than this (in either side) cannot show a person
-Progress = Optional[Callable[[int, int], None]]
+Progress = Callable[[int, int], None] | None
 
 
 def to_uint8_images(images) -> np.ndarray:
@@ -43,7 +45,20 @@ def to_uint8_images(images) -> np.ndarray:
     return np.ascontiguousarray((np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8))
 
 
-def get_backend(detector: str = "auto", model_dirs: Optional[Sequence[str]] = None):
+def person_selector(option: str, index: int = 0) -> "str | int":
+    """A PERSON_OPTIONS choice (+ index for by_index) as `select_people` takes it."""
+    if option not in PERSON_OPTIONS:
+        raise ValueError(f"person must be one of {', '.join(PERSON_OPTIONS)}, got {option!r}")
+    return int(index) if option == "by_index" else option
+
+
+def check_output_size(width: int | None, height: int | None) -> None:
+    """An output size is both sides or neither (then each pose's own canvas)."""
+    if (width is None) != (height is None):
+        raise ValueError(f"give both width and height, or neither; got {width}x{height}")
+
+
+def get_backend(detector: str = "auto", model_dirs: Sequence[str] | None = None):
     """The backend object for 'auto' (DWPose when its two ONNX files are found, else MediaPipe),
     'dwpose' or 'mediapipe'. Raises PoseBackendUnavailable with install/download instructions."""
     detector = (detector or "auto").lower()
@@ -78,7 +93,7 @@ def extract_poses(
     include_hands: bool = False,
     include_face: bool = False,
     person: "str | int" = "largest",
-    model_dirs: Optional[Sequence[str]] = None,
+    model_dirs: Sequence[str] | None = None,
     on_missing: str = "error",
     progress: Progress = None,
     backend=None,
@@ -88,8 +103,8 @@ def extract_poses(
     on_missing: 'error' raises NoPersonFound naming the image index; 'empty' returns a frame with no people.
     progress: called as progress(done, total) after each image.
     """
-    if on_missing not in ("error", "empty"):
-        raise ValueError(f"on_missing must be 'error' or 'empty', got {on_missing!r}")
+    if on_missing not in ON_NO_PERSON:
+        raise ValueError(f"on_missing must be one of {', '.join(ON_NO_PERSON)}, got {on_missing!r}")
     batch = to_uint8_images(images)
     if batch.shape[0] == 0:
         return []
@@ -126,8 +141,8 @@ def frames_to_tensor(arrays: Sequence[np.ndarray]):
 
 def render_pose_images(
     frames: Sequence[PoseFrame],
-    width: Optional[int] = None,
-    height: Optional[int] = None,
+    width: int | None = None,
+    height: int | None = None,
     include_hands: bool = True,
     include_face: bool = False,
     progress: Progress = None,
@@ -135,8 +150,7 @@ def render_pose_images(
     """Render PoseFrames to a ComfyUI IMAGE tensor (B, H, W, 3) float [0, 1]. Without width/height each
     frame is drawn at its canvas size, which must then be the same for all frames."""
     frames = list(frames)
-    if (width is None) != (height is None):
-        raise ValueError("give both width and height, or neither")
+    check_output_size(width, height)
     if width is None and len({(f.width, f.height) for f in frames}) > 1:
         sizes = sorted({f"{f.width}x{f.height}" for f in frames})
         raise ValueError(f"the poses have different canvas sizes ({', '.join(sizes)}); give a width and height")
@@ -154,7 +168,7 @@ def extract_pose_images(
     include_hands: bool = False,
     include_face: bool = False,
     person: "str | int" = "largest",
-    model_dirs: Optional[Sequence[str]] = None,
+    model_dirs: Sequence[str] | None = None,
     progress: Progress = None,
 ):
     """Photos (ComfyUI IMAGE, (B, H, W, C) float [0, 1]) -> rendered DWPose-style pose images of the same

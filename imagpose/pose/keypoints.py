@@ -15,7 +15,7 @@ treats confidences below 1.0 as missing when it reads this format, so :func:`fra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -46,7 +46,7 @@ HAND_EDGES = (
 )
 
 
-def _as_points(value: Any, count: Optional[int], what: str) -> Optional[np.ndarray]:
+def _as_points(value: Any, count: int | None, what: str) -> np.ndarray | None:
     if value is None:
         return None
     arr = np.asarray(value, dtype=np.float64)
@@ -73,9 +73,9 @@ class Person:
     """One person. Arrays hold (x, y, confidence) rows in canvas pixels; confidence <= 0 means missing."""
 
     body: np.ndarray
-    left_hand: Optional[np.ndarray] = None
-    right_hand: Optional[np.ndarray] = None
-    face: Optional[np.ndarray] = None
+    left_hand: np.ndarray | None = None
+    right_hand: np.ndarray | None = None
+    face: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         body = _as_points(self.body, NUM_BODY, "body keypoints")
@@ -94,7 +94,7 @@ class Person:
         pts = np.concatenate(parts, axis=0)
         return pts[pts[:, 2] > 0, :2]
 
-    def bbox(self) -> Optional[tuple[float, float, float, float]]:
+    def bbox(self) -> tuple[float, float, float, float] | None:
         """(x0, y0, x1, y1) of the visible body keypoints, or None."""
         pts = self.body[self.visible, :2]
         if len(pts) == 0:
@@ -149,7 +149,7 @@ class PoseFrame:
         return PoseFrame(width, height, [p.transformed(lambda a: a * scale) for p in self.people])
 
 
-def _flat(arr: Optional[np.ndarray]) -> Optional[list[float]]:
+def _flat(arr: np.ndarray | None) -> list[float] | None:
     if arr is None:
         return None
     out: list[float] = []
@@ -183,7 +183,7 @@ def frames_to_openpose(frames: Iterable[PoseFrame]) -> list[dict]:
     return [frame_to_openpose(f) for f in frames]
 
 
-def openpose_to_frame(data: Any, default_size: Optional[tuple[int, int]] = None) -> PoseFrame:
+def openpose_to_frame(data: Any, default_size: tuple[int, int] | None = None) -> PoseFrame:
     """Parse one OpenPose-JSON dict (pixel or normalised coordinates). default_size is (width, height)."""
     if isinstance(data, PoseFrame):
         return data

@@ -6,7 +6,7 @@ Its 33 landmarks are mapped to OpenPose's 18; its 468-point face mesh to the 68-
 from __future__ import annotations
 
 import threading
-from typing import Optional
+
 
 import numpy as np
 
@@ -74,14 +74,14 @@ def _body(pose_landmarks, w: int, h: int) -> np.ndarray:
     return body
 
 
-def _hand(landmarks, w: int, h: int) -> Optional[np.ndarray]:
+def _hand(landmarks, w: int, h: int) -> np.ndarray | None:
     if landmarks is None:
         return None
     arr = _points(landmarks, w, h, use_visibility=False)
     return arr[:NUM_HAND]
 
 
-def _face(landmarks, w: int, h: int) -> Optional[np.ndarray]:
+def _face(landmarks, w: int, h: int) -> np.ndarray | None:
     if landmarks is None:
         return None
     arr = _points(landmarks, w, h, use_visibility=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import colorsys
 import math
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -38,7 +38,7 @@ def _hand_edge_colors() -> list[tuple[float, float, float]]:
 _HAND_COLORS = _hand_edge_colors()
 
 
-def _normalised(arr: Optional[np.ndarray], cw: int, ch: int) -> Optional[np.ndarray]:
+def _normalised(arr: np.ndarray | None, cw: int, ch: int) -> np.ndarray | None:
     if arr is None:
         return None
     out = np.array(arr, dtype=np.float64, copy=True)
@@ -111,8 +111,8 @@ def render_people(
     people: Sequence[Person],
     canvas_width: int,
     canvas_height: int,
-    width: Optional[int] = None,
-    height: Optional[int] = None,
+    width: int | None = None,
+    height: int | None = None,
     include_body: bool = True,
     include_hands: bool = True,
     include_face: bool = False,
@@ -139,8 +139,8 @@ def render_people(
 
 def render_frame(
     frame: PoseFrame,
-    width: Optional[int] = None,
-    height: Optional[int] = None,
+    width: int | None = None,
+    height: int | None = None,
     include_body: bool = True,
     include_hands: bool = True,
     include_face: bool = False,

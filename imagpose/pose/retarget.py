@@ -7,10 +7,11 @@ the source's body size to the target's.
 """
 from __future__ import annotations
 
-from typing import Optional
+
 
 import numpy as np
 
+from .errors import NoPersonFound
 from .keypoints import Person, PoseFrame
 
 # Bones of the OpenPose-18 tree rooted at the neck (1), parents before children.
@@ -28,7 +29,7 @@ def _present(p: Person, i: int) -> bool:
     return bool(p.body[i, 2] > 0)
 
 
-def _length(p: Person, a: int, b: int) -> Optional[float]:
+def _length(p: Person, a: int, b: int) -> float | None:
     if _present(p, a) and _present(p, b):
         return float(np.linalg.norm(p.body[b, :2] - p.body[a, :2]))
     return None
@@ -62,7 +63,7 @@ def _source_length(source: Person, target: Person, a: int, b: int, scale: float)
     return length
 
 
-def _root(p: Person) -> Optional[np.ndarray]:
+def _root(p: Person) -> np.ndarray | None:
     if _present(p, 1):
         return p.body[1, :2].copy()
     if _present(p, 2) and _present(p, 5):
@@ -70,7 +71,7 @@ def _root(p: Person) -> Optional[np.ndarray]:
     return None
 
 
-def _anchor_point(p: Person, anchor: str) -> Optional[np.ndarray]:
+def _anchor_point(p: Person, anchor: str) -> np.ndarray | None:
     box = p.bbox()
     if box is None:
         return None
@@ -169,8 +170,10 @@ def retarget_frames(targets, sources, anchor: str = "neck") -> list[PoseFrame]:
     targets, sources = list(targets), list(sources)
     if not targets:
         return []
-    if not sources:
-        raise ValueError("no source pose given")
     if len(sources) not in (1, len(targets)):
         raise ValueError(f"got {len(targets)} target poses but {len(sources)} source poses; give 1 source or one per target")
+    for role, frames in (("target", targets), ("source", sources)):
+        for index, frame in enumerate(frames):
+            if not any(p.visible.any() for p in frame.people):
+                raise NoPersonFound(f"{role} pose {index} has no person with visible body keypoints", index, role)
     return [retarget_frame(t, sources[i if len(sources) > 1 else 0], anchor) for i, t in enumerate(targets)]

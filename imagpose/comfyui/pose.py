@@ -1,0 +1,85 @@
+"""What the pose nodes do: call `imagpose.pose` with ComfyUI's progress bar and interruption, and name the input
+a library error belongs to."""
+from __future__ import annotations
+
+import comfy.model_management
+import comfy.utils
+
+from .. import pose as P
+from .errors import InputError
+from .files import dwpose_model_dirs
+
+EXPECTED_KEYPOINTS = "POSE_KEYPOINT (a list of OpenPose-JSON dicts)"
+
+
+def progress(total: int):
+    """progress(done, total) for the library: ComfyUI's progress bar, and the Cancel button honoured."""
+    bar = comfy.utils.ProgressBar(max(total, 1))
+
+    def update(done: int, _total: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update_absolute(done, _total)
+
+    return update
+
+
+def parse_keypoints(input_name: str, value) -> list[P.PoseFrame]:
+    try:
+        frames = P.openpose_to_frames(value)
+    except (ValueError, TypeError, KeyError) as error:
+        raise InputError(input_name, EXPECTED_KEYPOINTS, str(error)) from error
+    if not frames:
+        raise InputError(input_name, "at least one pose", "an empty POSE_KEYPOINT list")
+    return frames
+
+
+def check_render_size(width: int, height: int) -> None:
+    """0 x 0 (each pose's own canvas) or both sides."""
+    try:
+        P.check_output_size(width or None, height or None)
+    except ValueError as error:
+        raise InputError("width/height", "both 0 (each pose's own canvas) or both positive", f"{width}x{height}") from error
+
+
+def extract(images, detector: str, include_hands: bool, include_face: bool, person: str, person_index: int,
+            on_no_person: str):
+    """Photos -> (rendered pose images, POSE_KEYPOINT)."""
+    try:
+        frames = P.extract_poses(images, detector=detector, include_hands=include_hands, include_face=include_face,
+                                 person=P.person_selector(person, person_index), model_dirs=dwpose_model_dirs(),
+                                 on_missing=on_no_person, progress=progress(len(images)))
+    except P.NoPersonFound as error:
+        raise InputError("images", "photos each showing a person", str(error)) from error
+    except P.PoseBackendUnavailable as error:
+        raise InputError("detector", f"a usable '{detector}' pose detector", str(error)) from error
+    except ValueError as error:
+        raise InputError("images", "an IMAGE batch (B, H, W, C) with 1, 3 or 4 channels", str(error)) from error
+    if not frames:
+        raise InputError("images", "at least one image", "an empty batch")
+    pose_images = P.render_pose_images(frames, include_hands=include_hands, include_face=include_face)
+    return pose_images, P.frames_to_openpose(frames)
+
+
+def render(keypoints, width: int, height: int, include_hands: bool, include_face: bool):
+    frames = parse_keypoints("keypoints", keypoints)
+    try:
+        return P.render_pose_images(frames, width or None, height or None, include_hands=include_hands,
+                                    include_face=include_face, progress=progress(len(frames)))
+    except ValueError as error:
+        raise InputError("width/height", "an output size when the poses' canvases differ", str(error)) from error
+
+
+def retarget(target_keypoints, source_keypoints, anchor: str, include_hands: bool, include_face: bool):
+    """-> (retargeted POSE_KEYPOINT on the source canvas, their rendering at the first source's size)."""
+    targets = parse_keypoints("target_keypoints", target_keypoints)
+    sources = parse_keypoints("source_keypoints", source_keypoints)
+    try:
+        out = P.retarget_frames(targets, sources, anchor)
+    except P.NoPersonFound as error:
+        raise InputError(f"{error.role}_keypoints", "a person in every frame", str(error)) from error
+    except ValueError as error:
+        raise InputError("source_keypoints", f"1 frame, or one per target frame ({len(targets)})", str(error)) from error
+    sizes = {(f.width, f.height) for f in out}
+    size = (None, None) if len(sizes) == 1 else (out[0].width, out[0].height)
+    images = P.render_pose_images(out, *size, include_hands=include_hands, include_face=include_face)
+    return P.frames_to_openpose(out), images
