@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -122,7 +123,27 @@ def check_deepspeed(accelerator, train: dict) -> None:
                               "(DeepSpeed applies its own value)")
 
 
-def train(config: dict) -> dict:
+@dataclass
+class Run:
+    """Everything one training run holds between setup and the loop."""
+
+    config: dict
+    accelerator: object
+    net: TrainingNet
+    trainable: list
+    optimizer: object
+    lr_scheduler: object
+    loader: object
+    noise_scheduler: object
+    vae: object
+    encoder: object
+    downscale: int
+    model_dtype: torch.dtype
+    step: int = 0
+
+
+def setup(config: dict) -> Run:
+    """Accelerator, frozen encoders, the stage's model, data, optimizer; state restored when resuming."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
@@ -174,63 +195,86 @@ def train(config: dict) -> dict:
                                  num_warmup_steps=train_cfg["lr_warmup_steps"] * accelerator.num_processes,
                                  num_training_steps=train_cfg["max_steps"] * accelerator.num_processes)
     net, optimizer, loader, lr_scheduler = accelerator.prepare(net, optimizer, loader, lr_scheduler)
-    noise_scheduler = make_noise_scheduler(config["noise_scheduler"])
-    downscale = vae_downscale(vae)
-    model_dtype = next(accelerator.unwrap_model(net).parameters()).dtype  # fp16 under DeepSpeed fp16, else fp32
+    run = Run(config, accelerator, net, trainable, optimizer, lr_scheduler, loader,
+              make_noise_scheduler(config["noise_scheduler"]), vae, encoder, vae_downscale(vae),
+              next(accelerator.unwrap_model(net).parameters()).dtype)  # fp16 under DeepSpeed fp16, else fp32
 
-    step = 0
     resume = resume_path(config)
     if resume is not None:
         accelerator.load_state(str(resume / "state"))
-        step = json.loads((resume / "trainer_state.json").read_text())["step"]
-        logger.info("resumed from %s at step %d", resume, step)
+        run.step = json.loads((resume / "trainer_state.json").read_text())["step"]
+        logger.info("resumed from %s at step %d", resume, run.step)
     if accelerator.is_main_process:
         if train_cfg["report_to"]:
             accelerator.init_trackers(f"imagpose-{config['stage']}", config={"stage": config["stage"]})
         logger.info("%s: %d trainable tensors (%.1fM values), %d groups, %d process(es), mixed precision %s",
                     config["stage"], len(trainable), sum(p.numel() for p in trainable) / 1e6, len(dataset),
                     accelerator.num_processes, accelerator.mixed_precision)
+    return run
 
-    metrics_path = output_dir / "metrics.jsonl"
-    last_loss, written, started = math.nan, [], time.time()
-    if train_cfg["save_initial"] and step == 0:
-        written.append(save_checkpoint(accelerator, net, config, 0))
+
+class MetricsWriter:
+    """metrics.jsonl (one line per optimisation step), the accelerate tracker and the log, on the main process."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.path = Path(run.config["output_dir"]) / "metrics.jsonl"
+        self.started = time.time()
+
+    def write(self, step: int, loss: float) -> None:
+        run, train_cfg = self.run, self.run.config["train"]
+        if not run.accelerator.is_main_process:
+            return
+        record = {"step": step, "loss": loss, "lr": run.lr_scheduler.get_last_lr()[0],
+                  "seconds": round(time.time() - self.started, 3)}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if train_cfg["report_to"]:
+            run.accelerator.log({"loss": loss, "lr": record["lr"]}, step=step)
+        if step % train_cfg["log_every"] == 0 or step == 1:
+            logger.info("step %d loss %.5f lr %.3g", step, loss, record["lr"])
+
+
+def loop(run: Run) -> dict:
+    """Optimisation steps until train.max_steps, with metrics and checkpoints; returns a summary."""
+    config, train_cfg, accelerator = run.config, run.config["train"], run.accelerator
+    metrics = MetricsWriter(run)
+    last_loss, written = math.nan, []
+    if train_cfg["save_initial"] and run.step == 0:
+        written.append(save_checkpoint(accelerator, run.net, config, 0))
     accumulated = 0.0
-    while step < train_cfg["max_steps"]:
-        for batch in loader:
-            with accelerator.accumulate(net):
-                loss, _ = training_loss(net, batch, vae, encoder, noise_scheduler, train_cfg, downscale, model_dtype)
+    while run.step < train_cfg["max_steps"]:
+        for batch in run.loader:
+            with accelerator.accumulate(run.net):
+                loss, _ = training_loss(run.net, batch, run.vae, run.encoder, run.noise_scheduler, train_cfg,
+                                        run.downscale, run.model_dtype)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and train_cfg["max_grad_norm"]:
-                    accelerator.clip_grad_norm_(trainable, train_cfg["max_grad_norm"])
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                    accelerator.clip_grad_norm_(run.trainable, train_cfg["max_grad_norm"])
+                run.optimizer.step()
+                run.lr_scheduler.step()
+                run.optimizer.zero_grad(set_to_none=True)
             accumulated += accelerator.gather(loss.detach().reshape(1)).mean().item()
             if not accelerator.sync_gradients:
                 continue
-            step += 1
+            run.step += 1
             last_loss = accumulated / train_cfg["gradient_accumulation_steps"]
             accumulated = 0.0
             if not math.isfinite(last_loss):
-                raise FloatingPointError(f"loss became {last_loss} at step {step}")
-            if accelerator.is_main_process:
-                record = {"step": step, "loss": last_loss, "lr": lr_scheduler.get_last_lr()[0],
-                          "seconds": round(time.time() - started, 3)}
-                with metrics_path.open("a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                if train_cfg["report_to"]:
-                    accelerator.log({"loss": last_loss, "lr": record["lr"]}, step=step)
-                if step % train_cfg["log_every"] == 0 or step == 1:
-                    logger.info("step %d loss %.5f lr %.3g", step, last_loss, record["lr"])
-            if step % train_cfg["checkpointing_steps"] == 0 or step == train_cfg["max_steps"]:
-                written.append(save_checkpoint(accelerator, net, config, step))
-            if step >= train_cfg["max_steps"]:
+                raise FloatingPointError(f"loss became {last_loss} at step {run.step}")
+            metrics.write(run.step, last_loss)
+            if run.step % train_cfg["checkpointing_steps"] == 0 or run.step == train_cfg["max_steps"]:
+                written.append(save_checkpoint(accelerator, run.net, config, run.step))
+            if run.step >= train_cfg["max_steps"]:
                 break
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return {"step": step, "loss": last_loss, "checkpoints": [str(p) for p in written],
-            "seconds": time.time() - started}
+    return {"step": run.step, "loss": last_loss, "checkpoints": [str(p) for p in written],
+            "seconds": time.time() - metrics.started}
+
+
+def train(config: dict) -> dict:
+    return loop(setup(config))
 
 
 def main(argv: list[str] | None = None) -> int:
