@@ -27,7 +27,9 @@ def main() -> None:
                         help="ComfyUI's --use-pytorch-cross-attention (on CPU it otherwise picks sub-quadratic attention)")
     args = parser.parse_args()
     if args.pytorch_attention:
-        sys.path.insert(0, str(__import__("comfy_inprocess").comfyui_path()))
+        from harness.env import prepare_inprocess_comfyui
+
+        prepare_inprocess_comfyui()
         import comfy.cli_args
 
         comfy.cli_args.args.use_pytorch_cross_attention = True
@@ -48,7 +50,7 @@ def main() -> None:
         model = IMAGPoseModel(IMAGPoseUNet(**config), PoseGuider(320), PatchEmbedding(**testing.TINY_PATCH))
         checkpoints.save_pack(model, root / "imagpose" / "tiny-imagpose.safetensors")
         del model
-    from comfy_inprocess import load
+    from harness.inprocess import load
 
     custom = root / "custom_nodes"
     custom.mkdir()

@@ -1,12 +1,4 @@
-import sys
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-for path in (REPO, REPO / "tests"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +14,7 @@ def tiny_models(tmp_path_factory):
 @pytest.fixture(scope="session")
 def comfy_nodes(tiny_models, tmp_path_factory):
     """ComfyUI's `nodes` module, imported in this process with the pack loaded as a custom node."""
-    from comfy_inprocess import load
+    from harness.inprocess import load
 
     root, _ = tiny_models
     return load(tmp_path_factory.mktemp("custom_nodes"), root)

@@ -2,20 +2,17 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path[:0] = [p for p in (str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)) if p not in sys.path]
+import numpy as np
+import pytest
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from test_pose_helpers import make_fake_rtmpose, make_fake_yolox, to_image_tensor, yolox_raw_predictions
+from harness.pose_fixtures import make_fake_rtmpose, make_fake_yolox, to_image_tensor, yolox_raw_predictions
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from imagpose import pose as P  # noqa: E402
-from imagpose.pose import dwpose  # noqa: E402
+from imagpose import pose as P
+from imagpose.pose import dwpose
 
 H, W = 320, 480
 RATIO = min(640 / H, 640 / W)

@@ -1,18 +1,14 @@
 """MediaPipe backend on real photos shipped in packages, against hand-marked joints; odd inputs."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
-sys.path[:0] = [p for p in (str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)) if p not in sys.path]
+import numpy as np
+import pytest
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+from harness.pose_fixtures import photo, to_image_tensor
 
-from test_pose_helpers import photo, to_image_tensor  # noqa: E402
-
-from imagpose import pose as P  # noqa: E402
-from imagpose.pose import mediapipe_backend  # noqa: E402
+from imagpose import pose as P
+from imagpose.pose import mediapipe_backend
 
 if not mediapipe_backend.is_available():
     pytest.skip("mediapipe 0.10.21 is not installed (see requirements-test.txt)", allow_module_level=True)

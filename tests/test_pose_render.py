@@ -1,18 +1,14 @@
 """Renderer: keypoints -> image round trip, and pixel identity with controlnet_aux's DWPose draw_pose."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
-sys.path[:0] = [p for p in (str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)) if p not in sys.path]
+import json
 
-import json  # noqa: E402
+import numpy as np
+import pytest
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from imagpose import pose as P  # noqa: E402
-from imagpose.pose.keypoints import BODY_COLORS  # noqa: E402
+from imagpose import pose as P
+from imagpose.pose.keypoints import BODY_COLORS
 
 # A standing person on a 256 x 384 canvas (OpenPose order).
 STANDING = np.array([

@@ -1,16 +1,12 @@
 """Retargeting: source bone lengths, target joint angles, source position."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
-sys.path[:0] = [p for p in (str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)) if p not in sys.path]
+import numpy as np
+import pytest
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from imagpose import pose as P  # noqa: E402
-from imagpose.pose.retarget import BONES  # noqa: E402
+from imagpose import pose as P
+from imagpose.pose.retarget import BONES
 
 SOURCE = np.array([  # a tall person standing on a 256 x 384 canvas
     [128, 60], [128, 100], [100, 100], [90, 150], [85, 200], [156, 100], [166, 150], [171, 200],

@@ -45,8 +45,13 @@ def prepare_inprocess_comfyui(path: str | os.PathLike | None = None) -> Path:
     without a GPU driver. Call this before any test runs (the e2e conftest does).
     """
     root = Path(path).resolve() if path else comfyui_path()
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))  # ComfyUI's `nodes`, `utils`, ... must win over same-named files here
+    # ComfyUI first: its `nodes`, `utils`, ... must win over same-named files here (the pack has a nodes.py)
+    while str(root) in sys.path:
+        sys.path.remove(str(root))
+    sys.path.insert(0, str(root))
+    stray = sys.modules.get("nodes")
+    if stray is not None and Path(getattr(stray, "__file__", "")).parent != root:
+        del sys.modules["nodes"]
     import comfy.cli_args  # noqa: PLC0415
 
     if os.environ.get("IMAGPOSE_TEST_DEVICE", "cpu") == "cpu":

@@ -11,10 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 CACHE = Path(os.environ.get("IMAGPOSE_TEST_CACHE", Path.home() / ".cache" / "imagpose-comfyui" / "test-assets"))
 
 
