@@ -36,10 +36,14 @@ def validate_cell(node, width: int, height: int, multiple: int) -> bool | str:
     return validation_result(node, check)
 
 
+def first_or_none(options: list[str]) -> str | None:
+    return options[0] if options else None
+
+
 class IMAGPoseModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        weights = [loaders.AUTO, *files.checkpoint_choices()]
+        lists = files.model_loader_choices()  # each list holds only files of its kind, decided by their weights
         return io.Schema(
             node_id="IMAGPoseModelLoader",
             display_name="IMAGPose Model Loader",
@@ -47,13 +51,13 @@ class IMAGPoseModelLoader(io.ComfyNode):
             description="Loads the IMAGPose UNet with its cross-view attention, pose guider and patch embedder from "
                         "models/imagpose. The format is recognised from the weights, not the file name.",
             inputs=[
-                io.Combo.Input("checkpoint", options=files.checkpoint_choices(),
+                io.Combo.Input("checkpoint", options=lists["checkpoint"], default=first_or_none(lists["checkpoint"]),
                                tooltip="A pack .safetensors file, an authors' denoising_unet-N.pth, or a folder holding the authors' files."),
-                io.Combo.Input("motion_module", options=[loaders.NONE, *files.checkpoint_choices()], default=loaders.NONE,
+                io.Combo.Input("motion_module", options=[loaders.NONE, *lists["motion_module"]], default=loaders.NONE,
                                tooltip="Optional: take the cross-view attention weights from this file (authors' motion_module-N.pth)."),
-                io.Combo.Input("pose_guider", options=weights, default=loaders.AUTO,
+                io.Combo.Input("pose_guider", options=[loaders.AUTO, *lists["pose_guider"]], default=loaders.AUTO,
                                tooltip="auto: found next to the checkpoint (or inside a pack file). Otherwise this file."),
-                io.Combo.Input("patch_embed", options=weights, default=loaders.AUTO,
+                io.Combo.Input("patch_embed", options=[loaders.AUTO, *lists["patch_embed"]], default=loaders.AUTO,
                                tooltip="auto: found next to the checkpoint (or inside a pack file). Otherwise this file (authors' patch-N.pth)."),
             ],
             outputs=[
@@ -61,6 +65,10 @@ class IMAGPoseModelLoader(io.ComfyNode):
                 IMAGPose.Output("imagpose", display_name="imagpose", tooltip="Patch embedder for IMAGPose FLC Encode."),
             ],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, checkpoint, motion_module, pose_guider, patch_embed):
+        return loaders.imagpose_fingerprint(checkpoint, motion_module, pose_guider, patch_embed)
 
     @classmethod
     def execute(cls, checkpoint, motion_module, pose_guider, patch_embed) -> io.NodeOutput:
@@ -71,17 +79,22 @@ class IMAGPoseModelLoader(io.ComfyNode):
 class IMAGPoseImageEncoderLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        encoders = files.image_encoder_choices()
         return io.Schema(
             node_id="IMAGPoseImageEncoderLoader",
             display_name="IMAGPose Image Encoder Loader",
             category=CATEGORY,
             description="Loads the DINOv2 image encoder (dinov2-base) used for feature-level conditioning.",
             inputs=[
-                io.Combo.Input("image_encoder", options=files.image_encoder_choices(),
+                io.Combo.Input("image_encoder", options=encoders, default=first_or_none(encoders),
                                tooltip="A transformers DINOv2 folder or .safetensors file in models/imagpose or models/clip_vision."),
             ],
             outputs=[ImageEncoder.Output("encoder", display_name="image_encoder", tooltip="DINOv2 for IMAGPose FLC Encode.")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, image_encoder):
+        return loaders.image_encoder_fingerprint(image_encoder)
 
     @classmethod
     def execute(cls, image_encoder) -> io.NodeOutput:

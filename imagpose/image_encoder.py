@@ -17,6 +17,19 @@ class ImageEncoderError(ValueError):
     pass
 
 
+DINOV2_KEYS = ("embeddings.cls_token", "embeddings.mask_token", "encoder.layer.0.layer_scale1.lambda1")
+
+
+def is_dinov2(keys) -> bool:
+    """Whether tensor names are a transformers Dinov2Model's (names only: a safetensors header is enough).
+    Layer scale tells DINOv2 from ViT/CLIP vision models of the same layout."""
+    return set(DINOV2_KEYS) <= set(keys)
+
+
+def is_dinov2_config(config: dict) -> bool:
+    return config.get("model_type") == "dinov2"
+
+
 def dinov2_config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> dict:
     prefix = "embeddings."
     if prefix + "cls_token" not in state_dict:

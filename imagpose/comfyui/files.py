@@ -1,4 +1,5 @@
-"""Model folders: `models/imagpose` (also via an `imagpose:` key in extra_model_paths.yaml) and `clip_vision`."""
+"""Model folders: `models/imagpose` (also via an `imagpose:` key in extra_model_paths.yaml) and `clip_vision`,
+and what each loader lists from them (only files of its own kind, told by content: see imagpose.file_kinds)."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import folder_paths
 
+from .. import file_kinds
 from ..checkpoints import CHECKPOINT_EXTENSIONS
 from .errors import InputError
 
@@ -24,21 +26,39 @@ def _roots(*folders: str) -> list[Path]:
     return [Path(p) for f in folders for p in folder_paths.get_folder_paths(f)]
 
 
-def checkpoint_choices() -> list[str]:
-    """Checkpoint files and the folders that hold them (a folder loads the authors' separate files)."""
+MODEL_WIDGETS = ("checkpoint", "motion_module", "pose_guider", "patch_embed")
+
+
+def model_loader_choices() -> dict[str, list[str]]:
+    """The Model Loader's lists, one per widget: checkpoint = pack files, then folders the loader can load (one
+    UNet or pack inside), then UNet files; motion_module = files holding CVA weights; pose_guider / patch_embed =
+    files holding that part. Image encoders and anything else are left out."""
     files = folder_paths.get_filename_list(FOLDER)
-    folders = {str(Path(f).parent) for f in files if str(Path(f).parent) != "."}
-    return sorted(folders) + files
+    kinds = {name: file_kinds.contents(folder_paths.get_full_path(FOLDER, name)) for name in files}
+    folders = sorted({str(Path(f).parent) for f in files if str(Path(f).parent) != "."})
+    loadable = [f for f in folders if any(file_kinds.model_file(root / f) for root in _roots(FOLDER))]
+
+    def of_kind(kind: str) -> list[str]:
+        return sorted(n for n, c in kinds.items() if c.kind == kind)
+
+    choices = {"checkpoint": of_kind(file_kinds.PACK) + loadable + of_kind(file_kinds.UNET)}
+    for widget in MODEL_WIDGETS[1:]:
+        choices[widget] = sorted(n for n, c in kinds.items() if c.serves(widget))
+    return choices
 
 
 def image_encoder_choices() -> list[str]:
-    names = set()
-    for root in _roots(FOLDER, "clip_vision"):
-        if root.is_dir():
-            for config in root.rglob("config.json"):
-                names.add(str(config.parent.relative_to(root)))
-    names.update(f for f in folder_paths.get_filename_list("clip_vision") if f.endswith(".safetensors"))
-    return sorted(names)
+    """DINOv2 folders (a config.json of the dinov2 architecture next to the weights) first, then bare DINOv2
+    .safetensors files, from models/imagpose and models/clip_vision."""
+    folders, files = set(), set()
+    for kind in (FOLDER, "clip_vision"):
+        for name in folder_paths.get_filename_list(kind):
+            path, parent = Path(folder_paths.get_full_path(kind, name)), str(Path(name).parent)
+            if parent != "." and file_kinds.is_dinov2_folder(path.parent):
+                folders.add(parent)
+            elif name.endswith(".safetensors") and file_kinds.contents(path).kind == file_kinds.DINOV2:
+                files.add(name)
+    return sorted(folders) + sorted(files)
 
 
 def resolve(name: str, folders: tuple[str, ...], widget: str, expected: str) -> Path:

@@ -1,9 +1,11 @@
 """What the loader nodes do: find files, read weights, build the MODEL and the image encoder."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import comfy.model_management
 
-from .. import image_encoder
+from .. import file_kinds, image_encoder
 from ..checkpoints import CheckpointError, build_model, load_weights
 from .conditioning import IMAGPoseBundle
 from .errors import InputError
@@ -26,11 +28,29 @@ EXPECTED_ENCODER = ("a DINOv2 model: a transformers folder (config.json + model.
                     ".safetensors file, in models/imagpose/ or models/clip_vision/")
 
 
+def _model_paths(chosen: dict[str, str]) -> dict[str, Path]:
+    """The files of the Model Loader's widgets (none/auto left out); InputError naming a widget whose file is missing."""
+    return {widget: resolve(name, (FOLDER,), widget, EXPECTED_PART[widget])
+            for widget, name in chosen.items() if name not in (NONE, AUTO)}
+
+
+def imagpose_fingerprint(checkpoint: str, motion_module: str, pose_guider: str, patch_embed: str) -> tuple:
+    """Size and modification time of every file the Model Loader reads for these choices: ComfyUI runs the loader
+    again when one of them changes, and reuses its cached model otherwise."""
+    chosen = {"checkpoint": checkpoint, "motion_module": motion_module, "pose_guider": pose_guider,
+              "patch_embed": patch_embed}
+    try:
+        paths = _model_paths(chosen)
+    except InputError as error:  # the loader itself reports it
+        return ("missing", str(error))
+    return file_kinds.fingerprint(file_kinds.model_loader_files(
+        paths["checkpoint"], paths.get("motion_module"), paths.get("pose_guider"), paths.get("patch_embed")))
+
+
 def load_imagpose(checkpoint: str, motion_module: str, pose_guider: str, patch_embed: str):
     chosen = {"checkpoint": checkpoint, "motion_module": motion_module, "pose_guider": pose_guider,
               "patch_embed": patch_embed}
-    paths = {widget: resolve(name, (FOLDER,), widget, EXPECTED_PART[widget])
-             for widget, name in chosen.items() if name not in (NONE, AUTO)}
+    paths = _model_paths(chosen)
     try:
         model = build_model(load_weights(paths["checkpoint"], motion_module=paths.get("motion_module"),
                                          pose_guider=paths.get("pose_guider"), patch_embed=paths.get("patch_embed")))
@@ -56,8 +76,20 @@ class ImageEncoder:
             self.model.to(comfy.model_management.text_encoder_offload_device())
 
 
+def _encoder_path(name: str) -> Path:
+    return resolve(name, (FOLDER, "clip_vision"), "image_encoder", EXPECTED_ENCODER)
+
+
+def image_encoder_fingerprint(name: str) -> tuple:
+    """Size and modification time of the encoder file, or of every file in its folder."""
+    try:
+        return file_kinds.fingerprint(file_kinds.image_encoder_files(_encoder_path(name)))
+    except InputError as error:
+        return ("missing", str(error))
+
+
 def load_image_encoder(name: str) -> ImageEncoder:
-    path = resolve(name, (FOLDER, "clip_vision"), "image_encoder", EXPECTED_ENCODER)
+    path = _encoder_path(name)
     try:
         return ImageEncoder(image_encoder.load_dinov2(path))
     except image_encoder.ImageEncoderError as error:
