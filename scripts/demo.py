@@ -1,7 +1,7 @@
 """Run an IMAGPose workflow (default: 1 source photo -> 3 target poses) on a real ComfyUI server.
 
     bash scripts/demo.sh                       # provisions first, then runs this
-    python scripts/demo.py [--workflow NAME] [--source PHOTO] [--out DIR] [--steps N] [--size WxH]
+    python scripts/demo.py [--workflow N|NAME] [--source PHOTO] [--out DIR] [--steps N] [--size WxH]
 
 Trained weights are looked for in a models root laid out like ComfyUI's models/ folder:
 ``$IMAGPOSE_MODELS`` or ``<repo>/models``:
@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from harness import (  # noqa: E402
+    MAIN_WORKFLOW,
     POSE_FILES,
     ComfyServer,
     PromptFailed,
@@ -93,10 +94,20 @@ def contact_sheet(rows: list[list[Path]], out: Path, cell: int = 256) -> None:
     sheet.save(out)
 
 
+def find_workflow(name: str) -> Path | None:
+    """workflows/<name>.json, or the workflow numbered `name` ("IMAGPose <n> - ...")."""
+    folder = REPO / "workflows"
+    for path in (folder / name, folder / f"{name}.json"):
+        if path.suffix == ".json" and path.is_file():
+            return path
+    numbered = sorted(folder.glob(f"IMAGPose {name} - *.json"))
+    return numbered[0] if len(numbered) == 1 else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workflow", default="imagpose_1_source_to_3_targets",
-                        help="a file stem in workflows/ (default: %(default)s)")
+    parser.add_argument("--workflow", default="1",
+                        help="a workflow's number or file name in workflows/ (default: 1, one photo to three poses)")
     parser.add_argument("--source", type=Path, help="your own photo of a person (default: the astronaut photo)")
     parser.add_argument("--models", type=Path,
                         default=Path(os.environ.get("IMAGPOSE_MODELS", REPO / "models")),
@@ -108,9 +119,10 @@ def main() -> int:
     args = parser.parse_args()
     started = time.monotonic()
 
-    workflow_path = REPO / "workflows" / f"{args.workflow}.json"
-    if not workflow_path.is_file():
-        print(f"no workflow {workflow_path}", file=sys.stderr)
+    workflow_path = find_workflow(args.workflow)
+    if workflow_path is None:
+        names = "\n  ".join(p.stem for p in sorted((REPO / "workflows").glob("*.json")))
+        print(f"no workflow {args.workflow!r}; the workflows are:\n  {names}", file=sys.stderr)
         return 2
     trained = find_trained(args.models.resolve()) if args.models.exists() else None
     if trained:
@@ -183,7 +195,7 @@ def main() -> int:
 
     poses = [inputs[name] for name in sorted(POSE_FILES)][: len(results)]
     source = base / "input" / "imagpose_source.png"
-    if args.workflow.startswith("imagpose_1_source"):
+    if workflow_path == MAIN_WORKFLOW:
         contact_sheet([[source, *poses], [source, *results]], out / "summary.png")
     else:
         contact_sheet([results], out / "summary.png")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Demo: provision (scripts/provision.sh), then run workflows/imagpose_1_source_to_3_targets.json on a real
+# Demo: provision (scripts/provision.sh), then run "workflows/IMAGPose 1 - one photo to three poses.json" on a real
 # ComfyUI server with a bundled photo and three target poses. Arguments go to scripts/demo.py
 # (--help lists them). Trained weights: $IMAGPOSE_MODELS or <repo>/models (see README); without them the
 # demo runs with random weights and says so.

@@ -19,12 +19,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from harness import ComfyServer, make_base_dir, remove_base_dir  # noqa: E402
-from harness.workflow import input_order, is_widget, widget_values_layout  # noqa: E402
+from harness.workflow import TITLE_HEIGHT, input_order, is_widget, widget_values_layout  # noqa: E402
 
 WORKFLOWS = REPO / "workflows"
 PACK_CNR_ID = "imagpose"
 PACK_VERSION = "0.1.0"
 COMFY_VERSION = "0.3.75"
+
+# Browse Templates titles a pack's workflows with their file names, so the names are titles. ComfyUI 0.3.75's
+# frontend lists them in the server's order (the folder's, by default) or sorted by title: the numbers put the
+# main use first when sorted, and keep the order the same everywhere.
+MAIN_WORKFLOW = "IMAGPose 1 - one photo to three poses"
+POSE_FROM_PHOTOS = "IMAGPose 5 - poses taken from photos of other people"
 
 # what the user is expected to have (documented in the Notes and the README)
 CHECKPOINT = "imagpose.safetensors"
@@ -46,7 +52,7 @@ models/vae/
   {VAE}  - stabilityai/sd-vae-ft-mse (any file of that VAE).
 
 Pose images: DWPose/OpenPose-style skeletons on black. Make them from photos with
-IMAGPose Pose Extract (see imagpose_pose_from_photos.json)."""
+IMAGPose Pose Extract (see the workflow "{POSE_FROM_PHOTOS}")."""
 
 SETTINGS_NOTE = f"""RECOMMENDED SETTINGS
 
@@ -70,8 +76,8 @@ class Graph:
         self.links: list[list] = []
         self.next_id = 1
 
-    def node(self, node_type: str, pos, widgets: dict | None = None, title: str | None = None,
-             size=None) -> dict:
+    def node(self, node_type: str, widgets: dict | None = None, title: str | None = None, size=None) -> dict:
+        """A node of that type with its widget values (by name; defaults from /object_info); placed later."""
         info = self.info[node_type]
         widgets = dict(widgets or {})
         values = []
@@ -107,8 +113,8 @@ class Graph:
         node = {
             "id": self.next_id,
             "type": node_type,
-            "pos": list(pos),
-            "size": list(size or [320, 46 + 24 * rows]),
+            "pos": [0, 0],
+            "size": list(size or [320, 46 + 24 * rows]),  # taller than the frontend's own minimum
             "flags": {},
             "order": len(self.nodes),
             "mode": 0,
@@ -127,9 +133,9 @@ class Graph:
         self.nodes.append(node)
         return node
 
-    def note(self, text: str, pos, size=(420, 300), title: str = "Note") -> dict:
+    def note(self, text: str, size=(420, 300), title: str = "Note") -> dict:
         node = {
-            "id": self.next_id, "type": "Note", "pos": list(pos), "size": list(size), "flags": {},
+            "id": self.next_id, "type": "Note", "pos": [0, 0], "size": list(size), "flags": {},
             "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [], "title": title,
             "properties": {}, "widgets_values": [text], "color": "#432", "bgcolor": "#653",
         }
@@ -168,45 +174,58 @@ class Graph:
         }
 
 
-def batch_images(g: Graph, loads: list[dict], x: int, y: int) -> tuple[dict, str]:
-    """Chain ImageBatch nodes over several LoadImage nodes; returns (node, output name)."""
-    if len(loads) == 1:
-        return loads[0], "IMAGE"
-    current, out = loads[0], "IMAGE"
-    for i, load in enumerate(loads[1:]):
-        batch = g.node("ImageBatch", (x, y + 90 * i), size=(260, 66))
+def batch_images(g: Graph, loads: list[dict]) -> tuple[dict, str, list[dict]]:
+    """Chain ImageBatch nodes over several LoadImage nodes; returns (node, output name, the ImageBatch nodes)."""
+    current, out, batches = loads[0], "IMAGE", []
+    for load in loads[1:]:
+        batch = g.node("ImageBatch", size=(260, 66))
         g.link(current, out, batch, "image1")
         g.link(load, "IMAGE", batch, "image2")
         current, out = batch, "IMAGE"
-    return current, out
+        batches.append(batch)
+    return current, out, batches
 
 
-def place_notes(g: Graph) -> None:
+GAP_X, GAP_Y = 50, 30
+
+
+def place_columns(columns: list[list[dict]], x: int = 0, y: int = 0) -> int:
+    """Stack each column's nodes top to bottom (title bars included, with a gap), columns left to right;
+    returns the lowest edge. Nothing overlaps, which tests/test_workflow_layout.py checks on the files."""
+    bottom = y
+    for column in columns:
+        top = y
+        for node in column:
+            node["pos"] = [x, top + TITLE_HEIGHT]
+            top += TITLE_HEIGHT + node["size"][1] + GAP_Y
+        bottom = max(bottom, top - GAP_Y)
+        x += max(n["size"][0] for n in column) + GAP_X
+    return bottom
+
+
+def place_notes(g: Graph, y: int) -> None:
     """Put the Note nodes in a row under the graph."""
-    nodes = [n for n in g.nodes if n["type"] != "Note"]
-    y = max(n["pos"][1] + n["size"][1] for n in nodes) + 80
     x = 0
     for note in (n for n in g.nodes if n["type"] == "Note"):
-        note["pos"] = [x, y]
-        x += note["size"][0] + 40
+        note["pos"] = [x, y + 80 + TITLE_HEIGHT]
+        x += note["size"][0] + GAP_X
 
 
-def pipeline(g: Graph, sources: tuple[dict, str], targets: tuple[dict, str], name: str,
-             source_poses: tuple[dict, str] | None = None, x0: int = 620) -> None:
-    """Loaders, FLC Encode, ILC Pack, KSampler, VAE Decode, Grid Unpack, Save Image."""
-    model = g.node("IMAGPoseModelLoader", (x0, 0), {"checkpoint": CHECKPOINT, "motion_module": "none",
-                                                           "pose_guider": "auto", "patch_embed": "auto"})
-    encoder = g.node("IMAGPoseImageEncoderLoader", (x0, 230), {"image_encoder": IMAGE_ENCODER})
-    vae = g.node("VAELoader", (x0, 330), {"vae_name": VAE})
-    flc = g.node("IMAGPoseFLCEncode", (x0 + 370, 0), {"reference_index": 0, "use_all_sources": False,
-                                                 "width": CELL_W, "height": CELL_H, "fit": "pad"})
-    ilc = g.node("IMAGPoseILCPack", (x0 + 370, 330), {"width": CELL_W, "height": CELL_H, "fit": "pad",
-                                                "source_pose_detector": "auto"})
-    sampler = g.node("KSampler", (x0 + 740, 0), {"seed": 42, "steps": 30, "cfg": 2.0, "sampler_name": "ddim",
-                                                  "scheduler": "simple", "denoise": 1.0})
-    decode = g.node("VAEDecode", (x0 + 740, 330))
-    unpack = g.node("IMAGPoseGridUnpack", (x0 + 740, 420), {"which": "targets"})
-    save = g.node("SaveImage", (x0 + 1110, 0), {"filename_prefix": f"IMAGPose/{name}"}, size=(420, 480))
+def pipeline(g: Graph, sources: tuple[dict, str], targets: tuple[dict, str], slug: str,
+             source_poses: tuple[dict, str] | None = None) -> list[list[dict]]:
+    """Loaders, FLC Encode, ILC Pack, KSampler, VAE Decode, Grid Unpack, Save Image; returns their columns."""
+    model = g.node("IMAGPoseModelLoader", {"checkpoint": CHECKPOINT, "motion_module": "none",
+                                           "pose_guider": "auto", "patch_embed": "auto"})
+    encoder = g.node("IMAGPoseImageEncoderLoader", {"image_encoder": IMAGE_ENCODER})
+    vae = g.node("VAELoader", {"vae_name": VAE})
+    flc = g.node("IMAGPoseFLCEncode", {"reference_index": 0, "use_all_sources": False,
+                                       "width": CELL_W, "height": CELL_H, "fit": "pad"})
+    ilc = g.node("IMAGPoseILCPack", {"width": CELL_W, "height": CELL_H, "fit": "pad", "source_pose_detector": "auto"})
+    sampler = g.node("KSampler", {"seed": 42, "steps": 30, "cfg": 2.0, "sampler_name": "ddim",
+                                  "scheduler": "simple", "denoise": 1.0})
+    decode = g.node("VAEDecode")
+    unpack = g.node("IMAGPoseGridUnpack", {"which": "targets"})
+    save = g.node("SaveImage", {"filename_prefix": f"IMAGPose/{slug}"}, size=(420, 480))
     # outputs by index (the public API order): loader model 0, imagpose 1; FLC positive 0, negative 1;
     # ILC positive 0, negative 1, latent 2, layout 3; unpack images 0
     g.link(encoder, 0, flc, "image_encoder")
@@ -229,79 +248,84 @@ def pipeline(g: Graph, sources: tuple[dict, str], targets: tuple[dict, str], nam
     g.link(decode, 0, unpack, "images")
     g.link(ilc, 3, unpack, "layout")
     g.link(unpack, 0, save, "images")
+    return [[model, encoder, vae], [flc, ilc], [sampler, decode, unpack], [save]]
 
 
-def scenario(info: dict, name: str, n_sources: int, n_targets: int, what: str) -> dict:
+def scenario(info: dict, slug: str, n_sources: int, n_targets: int, what: str) -> Graph:
     g = Graph(info)
-    g.note(MODEL_NOTE, (0, 0), (620, 430), "Model files")
-    g.note(SETTINGS_NOTE, (0, 0), (700, 330), "Settings")
+    g.note(MODEL_NOTE, (620, 430), "Model files")
+    g.note(SETTINGS_NOTE, (700, 330), "Settings")
     source_files = ["imagpose_source.png"] if n_sources == 1 else [f"imagpose_source_{i + 1}.png" for i in range(n_sources)]
     pose_files = [f"imagpose_pose_{i + 1}.png" for i in range(n_targets)]
     g.note(
         f"{what}\n\nInputs (ComfyUI's input folder): sources {', '.join(source_files)}; target poses "
         f"{', '.join(pose_files)}. Replace them with your own photos and pose images.\n\nThe Save Image node "
         f"gets {n_targets} image(s), in the order of the target poses.",
-        (0, 0), (560, 200), "This workflow")
-    loads = [g.node("LoadImage", (0, 360 * i), {"image": f}, title=f"Source photo {i + 1}", size=(270, 330))
+        (560, 200), "This workflow")
+    loads = [g.node("LoadImage", {"image": f}, title=f"Source photo {i + 1}", size=(270, 330))
              for i, f in enumerate(source_files)]
-    poses = [g.node("LoadImage", (300, 360 * i), {"image": f}, title=f"Target pose {i + 1}", size=(270, 330))
+    poses = [g.node("LoadImage", {"image": f}, title=f"Target pose {i + 1}", size=(270, 330))
              for i, f in enumerate(pose_files)]
-    sources = batch_images(g, loads, 0, 360 * n_sources)
-    targets = batch_images(g, poses, 300, 360 * n_targets)
-    pipeline(g, sources, targets, name.replace("imagpose_", ""))
-    place_notes(g)
-    return g.to_json(name)
+    *sources, source_batches = batch_images(g, loads)
+    *targets, target_batches = batch_images(g, poses)
+    columns = pipeline(g, tuple(sources), tuple(targets), slug)
+    place_notes(g, place_columns([loads + source_batches, poses + target_batches, *columns]))
+    return g
 
 
-def pose_from_photos(info: dict, name: str) -> dict:
+def pose_from_photos(info: dict, slug: str) -> Graph:
     g = Graph(info)
-    g.note(MODEL_NOTE, (0, 0), (620, 430), "Model files")
-    g.note(SETTINGS_NOTE, (0, 0), (700, 330), "Settings")
+    g.note(MODEL_NOTE, (620, 430), "Model files")
+    g.note(SETTINGS_NOTE, (700, 330), "Settings")
     g.note(
         "Target poses taken from photos of other people: IMAGPose Pose Extract finds each person's pose "
         "(DWPose if its ONNX files are in models/imagpose/dwpose, else MediaPipe), IMAGPose Pose Retarget gives "
         "the poses the source person's proportions and place, and ILC Pack gets the source's own extracted "
         "pose as source_poses.\n\nInputs: imagpose_source.png (the person), imagpose_pose_photo_1.png and "
         "imagpose_pose_photo_2.png (people in the wanted poses).",
-        (0, 0), (560, 230), "This workflow")
-    source = g.node("LoadImage", (0, 0), {"image": "imagpose_source.png"}, title="Source photo", size=(270, 330))
-    photo1 = g.node("LoadImage", (0, 360), {"image": "imagpose_pose_photo_1.png"}, title="Pose photo 1", size=(270, 330))
-    photo2 = g.node("LoadImage", (0, 720), {"image": "imagpose_pose_photo_2.png"}, title="Pose photo 2", size=(270, 330))
-    photos, out = batch_images(g, [photo1, photo2], 0, 1080)
+        (560, 230), "This workflow")
+    source = g.node("LoadImage", {"image": "imagpose_source.png"}, title="Source photo", size=(270, 330))
+    photo1 = g.node("LoadImage", {"image": "imagpose_pose_photo_1.png"}, title="Pose photo 1", size=(270, 330))
+    photo2 = g.node("LoadImage", {"image": "imagpose_pose_photo_2.png"}, title="Pose photo 2", size=(270, 330))
+    photos, out, batches = batch_images(g, [photo1, photo2])
     extract_widgets = {"detector": "auto", "include_hands": True, "include_face": False, "person": "largest",
                        "person_index": 0, "on_no_person": "error"}
-    src_pose = g.node("IMAGPosePoseExtract", (300, 0), extract_widgets, title="Source pose", size=(300, 250))
-    tgt_pose = g.node("IMAGPosePoseExtract", (300, 360), extract_widgets, title="Target poses (from photos)", size=(300, 250))
-    retarget = g.node("IMAGPosePoseRetarget", (300, 720), {"anchor": "neck", "include_hands": True,
-                                                           "include_face": False})
+    src_pose = g.node("IMAGPosePoseExtract", extract_widgets, title="Source pose", size=(300, 250))
+    tgt_pose = g.node("IMAGPosePoseExtract", extract_widgets, title="Target poses (from photos)", size=(300, 250))
+    retarget = g.node("IMAGPosePoseRetarget", {"anchor": "neck", "include_hands": True, "include_face": False})
     g.link(source, "IMAGE", src_pose, "images")
     g.link(photos, out, tgt_pose, "images")
     # PoseExtract: pose_images 0, keypoints 1; PoseRetarget: keypoints 0, pose_images 1
     g.link(tgt_pose, 1, retarget, "target_keypoints")
     g.link(src_pose, 1, retarget, "source_keypoints")
-    pipeline(g, (source, "IMAGE"), (retarget, 1), name.replace("imagpose_", ""),
-             source_poses=(src_pose, 0), x0=640)
-    place_notes(g)
-    return g.to_json(name)
+    columns = pipeline(g, (source, "IMAGE"), (retarget, 1), slug, source_poses=(src_pose, 0))
+    place_notes(g, place_columns([[source, photo1, photo2, *batches], [src_pose, tgt_pose, retarget], *columns]))
+    return g
 
 
+# name -> (output prefix, builder); see the names at the top
 SCENARIOS = {
-    "imagpose_1_source_to_1_target": lambda info, n: scenario(info, n, 1, 1, "One photo of a person -> the person in one new pose."),
-    "imagpose_1_source_to_3_targets": lambda info, n: scenario(info, n, 1, 3, "One photo of a person -> the person in three new poses, generated together in one 2x2 grid (the main IMAGPose use)."),
-    "imagpose_3_sources_to_1_target": lambda info, n: scenario(info, n, 3, 1, "Three photos of the same person -> the person in one new pose."),
-    "imagpose_2_sources_to_2_targets": lambda info, n: scenario(info, n, 2, 2, "Two photos of the same person -> the person in two new poses."),
-    "imagpose_pose_from_photos": pose_from_photos,
+    MAIN_WORKFLOW: ("1_source_to_3_targets", lambda info, slug: scenario(
+        info, slug, 1, 3, "One photo of a person -> the person in three new poses, generated together in one 2x2 grid "
+                          "(the main IMAGPose use).")),
+    "IMAGPose 2 - one photo to one pose": ("1_source_to_1_target", lambda info, slug: scenario(
+        info, slug, 1, 1, "One photo of a person -> the person in one new pose.")),
+    "IMAGPose 3 - two photos to two poses": ("2_sources_to_2_targets", lambda info, slug: scenario(
+        info, slug, 2, 2, "Two photos of the same person -> the person in two new poses.")),
+    "IMAGPose 4 - three photos to one pose": ("3_sources_to_1_target", lambda info, slug: scenario(
+        info, slug, 3, 1, "Three photos of the same person -> the person in one new pose.")),
+    POSE_FROM_PHOTOS: ("pose_from_photos", pose_from_photos),
 }
 
 
 def build_all(object_info: dict) -> dict[str, dict]:
     out = {}
-    for name, make in SCENARIOS.items():
-        needed = {"IMAGPosePoseExtract"} if name == "imagpose_pose_from_photos" else set()
+    for name, (slug, make) in SCENARIOS.items():
+        needed = {"IMAGPosePoseExtract"} if name == POSE_FROM_PHOTOS else set()
         if needed - set(object_info):
             print(f"skipping {name}: nodes {sorted(needed - set(object_info))} are not loaded", file=sys.stderr)
             continue
-        out[name] = make(object_info, name)
+        out[name] = make(object_info, slug).to_json(name)
     return out
 
 

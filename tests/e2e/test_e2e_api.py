@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from harness import (
-    WORKFLOWS_DIR,
+    MAIN_WORKFLOW,
     ComfyHTTPError,
     describe_error,
     image_stats,
@@ -71,7 +71,7 @@ def test_model_combos_list_test_models(object_info):
 
 
 def one_to_three(object_info, prefix):
-    return small_prompt(WORKFLOWS_DIR / "imagpose_1_source_to_3_targets.json", object_info,
+    return small_prompt(MAIN_WORKFLOW, object_info,
                         "tiny-imagpose.safetensors", prefix)
 
 
@@ -150,6 +150,8 @@ def test_broken_checkpoint_file_is_an_error_then_server_still_works(comfy_server
 
 
 def test_workflow_files_are_ui_format():
+    from harness import WORKFLOWS_DIR
+
     for path in sorted(WORKFLOWS_DIR.glob("*.json")):
         workflow = load_workflow(path)
         assert workflow.get("version") == 0.4, path.name

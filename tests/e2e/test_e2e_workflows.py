@@ -25,11 +25,11 @@ from harness import (
 
 # file stem -> (source photos, target poses, checkpoint to test it with)
 EXPECTED = {
-    "imagpose_1_source_to_1_target": (1, 1, "tiny-authors"),
-    "imagpose_1_source_to_3_targets": (1, 3, "tiny-imagpose.safetensors"),
-    "imagpose_3_sources_to_1_target": (3, 1, "tiny-authors"),
-    "imagpose_2_sources_to_2_targets": (2, 2, "tiny-imagpose.safetensors"),
-    "imagpose_pose_from_photos": (1, 2, "tiny-imagpose.safetensors"),
+    "IMAGPose 1 - one photo to three poses": (1, 3, "tiny-imagpose.safetensors"),
+    "IMAGPose 2 - one photo to one pose": (1, 1, "tiny-authors"),
+    "IMAGPose 3 - two photos to two poses": (2, 2, "tiny-imagpose.safetensors"),
+    "IMAGPose 4 - three photos to one pose": (3, 1, "tiny-authors"),
+    "IMAGPose 5 - poses taken from photos of other people": (1, 2, "tiny-imagpose.safetensors"),
 }
 CELL_W, CELL_H = 64, 128  # small, not square (a swapped width/height shows)
 WORKFLOW_FILES = sorted(WORKFLOWS_DIR.glob("*.json"))
@@ -87,7 +87,7 @@ def test_workflow_templates_served(comfy_server):
 @pytest.mark.parametrize("path", WORKFLOW_FILES, ids=[p.stem for p in WORKFLOW_FILES])
 def test_workflow_runs(path, comfy_server, object_info, timings):
     n_sources, n_targets, checkpoint = EXPECTED[path.stem]
-    prompt = small_prompt(path, object_info, checkpoint, f"e2e_{path.stem}")
+    prompt = small_prompt(path, object_info, checkpoint, f"e2e_{path.stem[:10].replace(' ', '_')}")
     started = time.monotonic()
     history = comfy_server.client.run(prompt, timeout=900)
     timings[f"workflow {path.stem} ({checkpoint})"] = time.monotonic() - started

@@ -14,6 +14,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
+MAIN_WORKFLOW = WORKFLOWS_DIR / "IMAGPose 1 - one photo to three poses.json"  # 1 source -> 3 targets
 PACK_DIR_NAME = "comfyui-imagpose"
 
 

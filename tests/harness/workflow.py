@@ -202,3 +202,22 @@ def set_inputs(prompt: dict, class_type: str, *, require: bool = True, **values)
 
 def clone(prompt: dict) -> dict:
     return copy.deepcopy(prompt)
+
+
+TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar this far above its pos
+
+
+def node_rectangles(workflow: dict) -> list[tuple[int, list[float]]]:
+    """(id, [x, y, width, height]) of every node of a UI workflow as the canvas shows it, title bar included."""
+    return [(n["id"], [n["pos"][0], n["pos"][1] - TITLE_HEIGHT, n["size"][0], n["size"][1] + TITLE_HEIGHT])
+            for n in workflow["nodes"]]
+
+
+def overlapping(rects: list[tuple[int, list[float]]]) -> list[tuple]:
+    """Pairs of (id, [x, y, width, height]) rectangles whose insides intersect (touching edges do not count)."""
+    pairs = []
+    for i, (id_a, a) in enumerate(rects):
+        for id_b, b in rects[i + 1:]:
+            if a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]:
+                pairs.append(((id_a, a), (id_b, b)))
+    return pairs
