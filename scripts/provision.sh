@@ -21,7 +21,19 @@
 #                        installed into the venv)
 #   IMAGPOSE_PYTHON_BIN  the Python 3.11 to make the venv with (default: python3.11, then python3)
 #   IMAGPOSE_TORCH / IMAGPOSE_TORCHVISION   torch pins (default 2.14.1 / 0.29.1 on x86_64, 2.9.1 / 0.24.1 on aarch64)
+#
+# Options:
+#   --browser   also install Debian's chromium when it is missing (apt-get; the browser end-to-end tests drive
+#               ComfyUI's frontend with it; scripts/test.sh passes this). Without it those tests fail, never skip.
 set -euo pipefail
+
+WITH_BROWSER=0
+for arg in "$@"; do
+    case "$arg" in
+        --browser) WITH_BROWSER=1 ;;
+        *) printf '[provision] ERROR: unknown option %s\n' "$arg" >&2; exit 2 ;;
+    esac
+done
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${IMAGPOSE_CACHE_DIR:-$HOME/.cache/imagpose-comfyui}"
@@ -154,6 +166,19 @@ PYEOF
     echo "$HASH" > "$STAMP"
 fi
 
+# ---- chromium (browser tests) ------------------------------------------------------------------------
+if [[ "$WITH_BROWSER" == 1 ]] && ! command -v chromium >/dev/null 2>&1 && [[ ! -x /usr/bin/chromium ]]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        say "installing Debian's chromium for the browser tests (log: $LOG)"
+        SUDO=""
+        if [[ "$(id -u)" -ne 0 ]]; then SUDO="sudo -n"; fi
+        { $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium; } >>"$LOG" 2>&1 \
+            || say "WARNING: apt-get install chromium failed (see $LOG); the browser tests will fail"
+    else
+        say "WARNING: no apt-get here: install chromium yourself, or the browser tests will fail"
+    fi
+fi
+
 # ---- summary ------------------------------------------------------------------------------------------
 cat > "$CACHE/env.sh" <<EOF
 # written by scripts/provision.sh
@@ -165,3 +190,4 @@ say "cache:   $CACHE"
 say "python:  $PY"
 say "ComfyUI: $COMFY ($(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$COMFY/comfyui_version.py" 2>/dev/null || echo '?'))"
 say "env:     source $CACHE/env.sh"
+if [[ "$WITH_BROWSER" == 1 ]]; then say "browser: $(command -v chromium || echo 'chromium MISSING')"; fi

@@ -8,7 +8,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 
 started=$SECONDS
-bash "$REPO/scripts/provision.sh"
+bash "$REPO/scripts/provision.sh" --browser   # the browser e2e tests need Debian's chromium
 CACHE="${IMAGPOSE_CACHE_DIR:-$HOME/.cache/imagpose-comfyui}"
 # shellcheck disable=SC1091
 source "$CACHE/env.sh"   # IMAGPOSE_CACHE_DIR, COMFYUI_PATH, IMAGPOSE_PYTHON

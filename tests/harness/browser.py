@@ -242,6 +242,18 @@ class Frontend:
         self.browser.sleep(1.0)
         self.close_dialogs()
 
+    def open_template(self, module: str, name: str, node_count: int) -> None:
+        """Open a custom node pack's workflow template as Browse Templates does: fetched from
+        /api/workflow_templates/<module>/<name>.json and loaded under its name."""
+        url = f"/workflow_templates/{module}/{name}.json"
+        self.browser.evaluate(f"fetch(app.api.apiURL({json.dumps(url)})).then(r => {{ if (!r.ok) throw new Error("
+                              f"'HTTP ' + r.status + ' for ' + r.url); return r.json(); }})"
+                              f".then(data => app.loadGraphData(data, true, true, {json.dumps(name)}))"
+                              ".then(() => true)")
+        self.browser.wait_until(f"app.graph._nodes.length === {node_count}", 30, "the template's nodes")
+        self.browser.sleep(1.0)
+        self.close_dialogs()
+
     def close_dialogs(self) -> None:
         self.browser.evaluate("document.querySelectorAll('.p-dialog-close-button, [aria-label=\"Close\"]')"
                               ".forEach(b => b.click())")
