@@ -17,4 +17,7 @@ if __package__ and importlib.util.find_spec("comfy_api") is not None:
             return [*_CORE_NODES, *_POSE_NODES]
 
     async def comfy_entrypoint() -> IMAGPoseExtension:
+        from .imagpose.comfyui import fetching
+
+        fetching.start_background_fetch()  # only with IMAGPOSE_FETCH_MODELS=1: never a silent download
         return IMAGPoseExtension()

@@ -2,6 +2,7 @@
 and what each loader lists from them (only files of its own kind, told by content: see imagpose.file_kinds)."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -75,7 +76,15 @@ def resolve(name: str, folders: tuple[str, ...], widget: str, expected: str) -> 
 
 def dwpose_model_dirs() -> list[str]:
     """Folders searched for the DWPose ONNX files: models/imagpose (every registered path), then
-    comfyui_controlnet_aux's ckpts folder (and its AUX_ANNOTATOR_CKPTS_PATH override)."""
+    comfyui_controlnet_aux's ckpts folder (and its AUX_ANNOTATOR_CKPTS_PATH override). With the user's opt-in
+    (IMAGPOSE_FETCH_MODELS=1) missing DWPose files are fetched into models/imagpose/dwpose first."""
+    from ..models import FetchError
     from ..pose import dwpose_search_dirs
+    from . import fetching
+
+    try:
+        fetching.ensure("dwpose")
+    except FetchError as error:  # the detector then says which files are missing (or auto uses MediaPipe)
+        logging.error("IMAGPose: %s", error)
 
     return dwpose_search_dirs(folder_paths.get_folder_paths(FOLDER), folder_paths.get_folder_paths("custom_nodes"))

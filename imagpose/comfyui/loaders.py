@@ -7,6 +7,8 @@ import comfy.model_management
 
 from .. import file_kinds, image_encoder
 from ..checkpoints import CheckpointError, build_model, load_weights
+from ..models import DINOV2_FOLDER, FetchError
+from . import fetching
 from .conditioning import IMAGPoseBundle
 from .errors import InputError
 from .files import FOLDER, dwpose_model_dirs, resolve
@@ -25,7 +27,9 @@ EXPECTED_PART = {
     "patch_embed": "an authors' patch-N.pth (or a pack file) under models/imagpose/",
 }
 EXPECTED_ENCODER = ("a DINOv2 model: a transformers folder (config.json + model.safetensors, e.g. dinov2-base) or one "
-                    ".safetensors file, in models/imagpose/ or models/clip_vision/")
+                    ".safetensors file, in models/imagpose/ or models/clip_vision/ (`python -m imagpose.models fetch "
+                    f"dinov2` puts facebook/dinov2-base in models/imagpose/{DINOV2_FOLDER}; so does ComfyUI started "
+                    f"with {fetching.OPT_IN}=1)")
 
 
 def _model_paths(chosen: dict[str, str]) -> dict[str, Path]:
@@ -76,7 +80,13 @@ class ImageEncoder:
             self.model.to(comfy.model_management.text_encoder_offload_device())
 
 
-def _encoder_path(name: str) -> Path:
+def _encoder_path(name: str, fetch: bool = False) -> Path:
+    """The encoder's file or folder; with `fetch`, the standard DINOv2 is fetched first if the user opted in."""
+    if fetch and name == DINOV2_FOLDER:
+        try:
+            fetching.ensure("dinov2")
+        except FetchError as error:
+            raise InputError("image_encoder", EXPECTED_ENCODER, f"{name!r}, which could not be fetched: {error}") from error
     return resolve(name, (FOLDER, "clip_vision"), "image_encoder", EXPECTED_ENCODER)
 
 
@@ -89,7 +99,7 @@ def image_encoder_fingerprint(name: str) -> tuple:
 
 
 def load_image_encoder(name: str) -> ImageEncoder:
-    path = _encoder_path(name)
+    path = _encoder_path(name, fetch=True)
     try:
         return ImageEncoder(image_encoder.load_dinov2(path))
     except image_encoder.ImageEncoderError as error:

@@ -78,8 +78,8 @@ def missing_files_message(model_dirs: Sequence[str] | None, det: str | None, pos
     where = where or "ComfyUI/models/imagpose/dwpose (no model folder was given to search)"
     return (
         f"DWPose model file(s) {', '.join(missing)} not found. Download {DET_URL} and {POSE_URL} "
-        f"and put them in one of: {where} (comfyui_controlnet_aux's ckpts/yzd-v/DWPose/ also works), "
-        "or use the 'mediapipe' detector, which needs no download."
+        f"and put them in one of: {where} (comfyui_controlnet_aux's ckpts/yzd-v/DWPose/ also works; "
+        "`python -m imagpose.models fetch dwpose` does it), or use the 'mediapipe' detector, which needs no download."
     )
 
 
