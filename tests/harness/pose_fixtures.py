@@ -149,3 +149,15 @@ def make_fake_rtmpose(path: Path, channel_weights: np.ndarray) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def fake_dwpose_files(folder: Path) -> dict[str, bytes]:
+    """yolox_l.onnx and dw-ll_ucoco_384.onnx stand-ins that find one person in the middle of any photo (a fixed
+    box; every keypoint on the brightest red spot of the crop): file name -> bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    person = (320.0, 320.0, 300.0, 500.0, 0.95, 0, 0.9, 32)  # cx, cy, w, h in the 640 px letterboxed input
+    make_fake_yolox(folder / "yolox_l.onnx", yolox_raw_predictions([person]))
+    weights = np.zeros((133, 3))
+    weights[:, 2] = 1.0  # BGR: red
+    make_fake_rtmpose(folder / "dw-ll_ucoco_384.onnx", weights)
+    return {name: (folder / name).read_bytes() for name in ("yolox_l.onnx", "dw-ll_ucoco_384.onnx")}
