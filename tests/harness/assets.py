@@ -102,7 +102,7 @@ SOURCE_FILES = {  # file name in ComfyUI's input/ -> photo
     "imagpose_source_2.png": "grace_hopper",
     "imagpose_source_3.png": "camera",
 }
-POSE_PHOTO_FILES = {  # photos of people in the wanted poses (for imagpose_pose_from_photos.json)
+POSE_PHOTO_FILES = {  # photos of people in the wanted poses (for the "IMAGPose 5 - poses taken from photos" workflow)
     "imagpose_pose_photo_1.png": "camera",
     "imagpose_pose_photo_2.png": "grace_hopper",
 }
