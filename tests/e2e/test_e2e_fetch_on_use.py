@@ -12,6 +12,7 @@ import pytest
 from harness import (
     MAIN_WORKFLOW,
     ComfyServer,
+    cached_nodes,
     load_workflow,
     make_base_dir,
     nodes_of_type,
@@ -79,6 +80,5 @@ def test_missing_models_are_fetched_on_first_use_with_the_opt_in(hub, test_model
         assert len(output_images(history)) == 3
         assert len(hub.gets("model.safetensors")) == gets_before + 1
         (encoder_id,) = nodes_of_type(prompt, "IMAGPoseImageEncoderLoader")
-        cached = {n for name, data in history["status"]["messages"] if name == "execution_cached" for n in data["nodes"]}
-        assert encoder_id not in cached
+        assert encoder_id not in cached_nodes(history)
     timings["fetch on use: total"] = time.monotonic() - started

@@ -5,7 +5,7 @@ import os
 import shutil
 import time
 
-from harness import MAIN_WORKFLOW, describe_error, image_stats, nodes_of_type, output_images
+from harness import MAIN_WORKFLOW, cached_nodes, describe_error, image_stats, nodes_of_type, output_images
 from harness.model_zoo import remove_model_zoo, write_model_zoo
 from test_e2e_workflows import small_prompt
 
@@ -35,10 +35,6 @@ def test_loader_lists_show_their_kind_only(comfy_server, test_models, object_inf
         assert len(output_images(history)) == 3
     finally:
         remove_model_zoo(comfy_server.models_dir)
-
-
-def cached_nodes(history: dict) -> set[str]:
-    return {node for name, data in history["status"]["messages"] if name == "execution_cached" for node in data["nodes"]}
 
 
 def pixels(comfy_server, history):

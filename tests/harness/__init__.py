@@ -14,7 +14,7 @@ from .assets import (
     photo,
     write_inputs,
 )
-from .client import ComfyClient, ComfyHTTPError, PromptFailed, describe_error, output_images
+from .client import ComfyClient, ComfyHTTPError, PromptFailed, cached_nodes, describe_error, output_images
 from .env import MAIN_WORKFLOW, PACK_DIR_NAME, REPO_ROOT, WORKFLOWS_DIR, cache_dir, comfyui_path, comfyui_python
 from .server import ComfyServer, ComfyServerError, free_port, make_base_dir, remove_base_dir
 from .workflow import WorkflowError, load_workflow, nodes_of_type, set_inputs, ui_to_api, widget_names

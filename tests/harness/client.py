@@ -119,3 +119,9 @@ def output_images(history: dict, node_id: str | None = None) -> list[dict]:
         if node_id is None or str(nid) == str(node_id):
             images.extend(out.get("images", []))
     return images
+
+
+def cached_nodes(history: dict) -> set[str]:
+    """Ids of the nodes ComfyUI took from its cache for this prompt (the `execution_cached` status message)."""
+    return {node for name, data in history.get("status", {}).get("messages", [])
+            if name == "execution_cached" for node in data["nodes"]}
