@@ -15,7 +15,8 @@ from pathlib import Path
 
 import folder_paths
 
-from ..models import STANDARD, FetchError, fetch, missing
+from .. import file_kinds
+from ..models import DINOV2_FOLDER, STANDARD, VAE_NAME, FetchError, fetch, missing
 
 OPT_IN = "IMAGPOSE_FETCH_MODELS"
 _locks = {name: threading.Lock() for name in STANDARD}
@@ -29,10 +30,24 @@ def _say(message: str) -> None:
     logging.info("IMAGPose: %s", message)
 
 
+def present(name: str) -> bool:
+    """Whether the pack (or Load VAE) already finds that model wherever the user keeps it."""
+    from .files import FOLDER, dwpose_search_paths
+
+    if name == "dinov2":
+        return any(file_kinds.is_dinov2_folder(Path(root, DINOV2_FOLDER))
+                   for root in folder_paths.get_folder_paths(FOLDER) + folder_paths.get_folder_paths("clip_vision"))
+    if name == "vae":
+        return folder_paths.get_full_path("vae", VAE_NAME) is not None
+    from ..pose.dwpose import find_model_files
+
+    return None not in find_model_files(dwpose_search_paths())
+
+
 def ensure(name: str) -> None:
-    """Fetch the missing files of a standard model into ComfyUI's models folder, if the user opted in.
-    FetchError when it cannot be fetched; returns at once without the opt-in or when nothing is missing."""
-    if not opted_in():
+    """Fetch a standard model the pack does not find into ComfyUI's models folder, if the user opted in.
+    FetchError when it cannot be fetched; returns at once without the opt-in or when the model is there."""
+    if not opted_in() or present(name):
         return
     models_dir = Path(folder_paths.models_dir)
     with _locks[name]:  # the start-up thread and a loader never fetch the same file twice
@@ -45,7 +60,7 @@ def start_background_fetch() -> threading.Thread | None:
     """At start-up, with the opt-in: fetch what is missing in a thread, logging progress and errors."""
     if not opted_in():
         return None
-    names = [n for n in STANDARD if missing((n,), Path(folder_paths.models_dir))]
+    names = [n for n in STANDARD if not present(n)]
     if "dwpose" in names and importlib.util.find_spec("onnxruntime") is None:
         names.remove("dwpose")  # unusable without onnxruntime: not worth hundreds of MB
     if not names:

@@ -74,17 +74,22 @@ def resolve(name: str, folders: tuple[str, ...], widget: str, expected: str) -> 
     raise InputError(widget, expected, f"{name!r}, which was not found in: {searched}")
 
 
-def dwpose_model_dirs() -> list[str]:
+def dwpose_search_paths() -> list[str]:
     """Folders searched for the DWPose ONNX files: models/imagpose (every registered path), then
-    comfyui_controlnet_aux's ckpts folder (and its AUX_ANNOTATOR_CKPTS_PATH override). With the user's opt-in
-    (IMAGPOSE_FETCH_MODELS=1) missing DWPose files are fetched into models/imagpose/dwpose first."""
-    from ..models import FetchError
+    comfyui_controlnet_aux's ckpts folder (and its AUX_ANNOTATOR_CKPTS_PATH override)."""
     from ..pose import dwpose_search_dirs
+
+    return dwpose_search_dirs(folder_paths.get_folder_paths(FOLDER), folder_paths.get_folder_paths("custom_nodes"))
+
+
+def dwpose_model_dirs() -> list[str]:
+    """The DWPose search folders, after fetching the files into models/imagpose/dwpose when none are found and
+    the user opted in (IMAGPOSE_FETCH_MODELS=1)."""
+    from ..models import FetchError
     from . import fetching
 
     try:
         fetching.ensure("dwpose")
     except FetchError as error:  # the detector then says which files are missing (or auto uses MediaPipe)
         logging.error("IMAGPose: %s", error)
-
-    return dwpose_search_dirs(folder_paths.get_folder_paths(FOLDER), folder_paths.get_folder_paths("custom_nodes"))
+    return dwpose_search_paths()

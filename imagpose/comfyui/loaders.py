@@ -81,12 +81,16 @@ class ImageEncoder:
 
 
 def _encoder_path(name: str, fetch: bool = False) -> Path:
-    """The encoder's file or folder; with `fetch`, the standard DINOv2 is fetched first if the user opted in."""
-    if fetch and name == DINOV2_FOLDER:
-        try:
-            fetching.ensure("dinov2")
-        except FetchError as error:
-            raise InputError("image_encoder", EXPECTED_ENCODER, f"{name!r}, which could not be fetched: {error}") from error
+    """The encoder's file or folder; with `fetch`, a missing standard DINOv2 is fetched if the user opted in."""
+    try:
+        return resolve(name, (FOLDER, "clip_vision"), "image_encoder", EXPECTED_ENCODER)
+    except InputError:
+        if not (fetch and name == DINOV2_FOLDER and fetching.opted_in()):
+            raise
+    try:
+        fetching.ensure("dinov2")
+    except FetchError as error:
+        raise InputError("image_encoder", EXPECTED_ENCODER, f"{name!r}, which could not be fetched: {error}") from error
     return resolve(name, (FOLDER, "clip_vision"), "image_encoder", EXPECTED_ENCODER)
 
 

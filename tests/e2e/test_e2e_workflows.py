@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 
 import pytest
 
@@ -77,11 +78,13 @@ def test_shipped_settings(path, object_info):
 def test_workflow_templates_served(comfy_server):
     templates = comfy_server.client.workflow_templates()
     assert sorted(templates.get(PACK_DIR_NAME, [])) == sorted(p.stem for p in WORKFLOW_FILES), templates
-    for path in WORKFLOW_FILES:
-        served = comfy_server.client.get(f"/api/workflow_templates/{PACK_DIR_NAME}/{path.name}")
+    for path in WORKFLOW_FILES:  # the URLs Browse Templates builds from the names (spaces included)
+        base = f"/api/workflow_templates/{PACK_DIR_NAME}/{urllib.parse.quote(path.stem)}"
+        served = comfy_server.client.get(base + ".json")
         if isinstance(served, (bytes, bytearray)):
             served = json.loads(served)
         assert served == load_workflow(path)
+        assert comfy_server.client.get(base + ".jpg") == path.with_suffix(".jpg").read_bytes()
 
 
 @pytest.mark.parametrize("path", WORKFLOW_FILES, ids=[p.stem for p in WORKFLOW_FILES])
