@@ -24,8 +24,15 @@ def test_loader_lists_show_their_kind_only(comfy_server, test_models, object_inf
         for widget, want in expected.items():
             assert want["shown"] <= set(lists[widget]), (widget, sorted(want["shown"] - set(lists[widget])))
             assert not want["left_out"] & set(lists[widget]), (widget, sorted(want["left_out"] & set(lists[widget])))
-        assert loader["checkpoint"][1]["default"] in expected["checkpoint"]["shown"]
-        assert encoder["image_encoder"][1]["default"] in expected["image_encoder"]["shown"]
+        # a loader added by hand starts on a file of its kind: a pack file, a DINOv2
+        from imagpose import file_kinds
+
+        default = loader["checkpoint"][1]["default"]
+        assert default == lists["checkpoint"][0]
+        assert file_kinds.contents(comfy_server.models_dir / "imagpose" / default).kind == file_kinds.PACK, default
+        default = encoder["image_encoder"][1]["default"]
+        path = comfy_server.models_dir / "imagpose" / default
+        assert file_kinds.is_dinov2_folder(path) or file_kinds.contents(path).kind == file_kinds.DINOV2, default
 
         # the folder holding both kinds works in both loaders (the bare files load: tests/test_model_lists.py)
         prompt = small_prompt(MAIN_WORKFLOW, object_info, "zoo-both", "e2e_zoo_both")
