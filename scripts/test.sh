@@ -8,7 +8,13 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 
 started=$SECONDS
-bash "$REPO/scripts/provision.sh" --browser   # the browser e2e tests need Debian's chromium
+# the browser e2e tests need Debian's chromium: installed when they are among the tests to run
+PROVISION_OPTS=()
+if [[ $# -eq 0 ]]; then PROVISION_OPTS=(--browser); fi
+for arg in "$@"; do
+    case "$arg" in tests|tests/|tests/e2e*|*browser*) PROVISION_OPTS=(--browser) ;; esac
+done
+bash "$REPO/scripts/provision.sh" "${PROVISION_OPTS[@]}"
 CACHE="${IMAGPOSE_CACHE_DIR:-$HOME/.cache/imagpose-comfyui}"
 # shellcheck disable=SC1091
 source "$CACHE/env.sh"   # IMAGPOSE_CACHE_DIR, COMFYUI_PATH, IMAGPOSE_PYTHON

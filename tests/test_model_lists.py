@@ -35,14 +35,10 @@ def test_each_list_shows_its_kind_only(comfy_nodes, zoo):
     assert lists["motion_module"][0] == "none" and lists["pose_guider"][0] == lists["patch_embed"][0] == "auto"
     # the defaults are files of the right kind: a pack file first, a DINOv2 for the encoder
     assert loader["checkpoint"]["default"] == lists["checkpoint"][0]
-    assert file_kinds.contents(tiny_path(comfy_nodes, "imagpose", loader["checkpoint"]["default"])).kind == "pack"
-    assert encoder["image_encoder"]["default"] in zoo["image_encoder"]["shown"]
-
-
-def tiny_path(nodes, folder, name):
     import folder_paths
 
-    return folder_paths.get_full_path(folder, name)
+    assert file_kinds.contents(folder_paths.get_full_path("imagpose", loader["checkpoint"]["default"])).kind == "pack"
+    assert encoder["image_encoder"]["default"] in zoo["image_encoder"]["shown"]
 
 
 def test_folder_holding_both_kinds_loads_in_both_loaders(comfy_nodes, zoo):
