@@ -30,6 +30,23 @@ PARTS = ("unet", "pose_guider", "patch_embed")
 CHECKPOINT_EXTENSIONS = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 
+# torch's messages for a refused pickle advise loading it unsafely (weights_only=False, allowlisting its globals)
+UNSAFE_ADVICE = re.compile(r"weights_only|re-?running|trusted source|arbitrary code|safe_globals|allowlist", re.IGNORECASE)
+
+
+def has_unsafe_advice(text: str) -> bool:
+    return UNSAFE_ADVICE.search(text) is not None
+
+
+def without_unsafe_advice(text: str) -> str:
+    """A message with every sentence that advises loading unsafely left out (what was refused stays)."""
+    if not has_unsafe_advice(text):
+        return text
+    sentences = re.split(r"(?<=[.!?])\s+|\n+", text)
+    kept = " ".join(s for s in sentences if s and not has_unsafe_advice(s))
+    return f"{kept} (refused: the file holds more than tensors, and loading it could run code from it)".strip()
+
+
 class CheckpointError(ValueError):
     """A file that cannot be used as (part of) an IMAGPose checkpoint; the message says why, `path` which file."""
 
@@ -63,9 +80,9 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as error:
         raise CheckpointError(
-            f"{path.name} was refused: it is a pickle that needs more than tensors to load (weights_only=True), "
-            f"which could run code. Only plain state dicts are accepted. Detail: {str(error).splitlines()[0]}", path
-        ) from error
+            f"{path.name} was refused: it is a pickle holding more than tensors, and loading it could run code from "
+            f"the file. Only plain state dicts (or safetensors) are accepted. Detail: {without_unsafe_advice(str(error))}",
+            path) from None  # torch's own message, in the chain ComfyUI logs, advises loading it unsafely
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"{path.name} could not be read (truncated or not a torch file): {error}", path) from error
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
@@ -194,13 +211,25 @@ class _Parts:
             raise CheckpointError(f"{path.name} holds a {kind.replace('_', ' ')}, expected a "
                                   f"{required.replace('_', ' ')}", path)
         if kind == "pack":
-            self.heads = int(json.loads(metadata.get("config", "{}")).get("heads", DEFAULT_HEADS))
+            self.heads = pack_heads(path, metadata)
             for part, tensors in _split_pack(state_dict).items():
                 if tensors:
                     self.tensors[part], self.sources[part] = tensors, path.name
         else:
             self.tensors[kind], self.sources[kind] = state_dict, path.name
         return kind
+
+
+def pack_heads(path: Path, metadata: dict[str, str]) -> int:
+    """The attention head count a pack file's metadata records (its key shapes cannot tell)."""
+    try:
+        config = json.loads(metadata.get("config", "{}"))
+        heads = int(config.get("heads", DEFAULT_HEADS)) if isinstance(config, dict) else None
+    except (ValueError, TypeError, OverflowError) as error:
+        raise CheckpointError(f"{path.name}: its metadata 'config' is not the JSON this pack writes ({error})", path) from error
+    if heads is None or not 1 <= heads <= 1024:
+        raise CheckpointError(f"{path.name}: its metadata 'config' gives no usable head count ({heads!r})", path)
+    return heads
 
 
 def _find_model_file(checkpoint: Path) -> tuple[Path, dict[str, list[Path]] | None]:

@@ -11,7 +11,7 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
 from imagpose import checkpoints
-from imagpose.checkpoints import CheckpointError, build_model, load_weights
+from imagpose.checkpoints import CheckpointError, build_model, has_unsafe_advice, load_weights, without_unsafe_advice
 from imagpose.testing import TINY_UNET, make_tiny_model
 from imagpose.unet import IMAGPoseUNet
 
@@ -142,9 +142,34 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
         pickle.dump({"conv_in.weight": RunsCode()}, handle)
     torch.save({"conv_in.weight": RunsCode()}, tmp_path / "evil2.pth")
     for candidate in (path, tmp_path / "evil2.pth"):
-        with pytest.raises(CheckpointError, match="weights_only"):
+        with pytest.raises(CheckpointError, match="refused: it is a pickle holding more than tensors") as error:
             load_weights(candidate)
+        # torch's own message advises loading the file unsafely: that advice must not reach the user, nor the log
+        assert not has_unsafe_advice(str(error.value)) and error.value.__cause__ is None, str(error.value)
     assert not Path("/tmp/imagpose-pwned").exists()
+
+
+def test_unsafe_advice_is_removed_from_torchs_message():
+    message = ("Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` argument "
+               "in `torch.load` from `False` to `True`. Re-running `torch.load` with `weights_only` set to `False` will "
+               "likely succeed, but it can result in arbitrary code execution. Do it only if you got the file from a "
+               "trusted source.\nPlease use `torch.serialization.add_safe_globals([Evil])` or the "
+               "`torch.serialization.safe_globals([Evil])` context manager to allowlist this global if you trust this "
+               "class/function.\nTrying to load unsupported GLOBAL posix.system whose module posix is blocked.")
+    shown = without_unsafe_advice(message)
+    assert not has_unsafe_advice(shown), shown
+    assert "GLOBAL posix.system" in shown and "could run code" in shown
+    assert without_unsafe_advice("a plain message.") == "a plain message."
+
+
+def test_corrupt_pack_metadata_is_named(written, tmp_path):
+    root, model = written
+    pack = checkpoints.save_pack(model, root / "for-corruption.safetensors")
+    for config in ("{not json", '{"heads": "many"}', '["a list"]', '{"heads": 0}'):
+        broken = tmp_path / "corrupt.safetensors"
+        save_file(load_file(str(pack)), str(broken), metadata={"format": "imagpose-pack", "config": config})
+        with pytest.raises(CheckpointError, match="corrupt.safetensors: its metadata 'config'"):
+            load_weights(broken)
 
 
 def test_missing_parts_name_the_expected_files(written, tmp_path):
