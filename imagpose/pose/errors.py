@@ -13,3 +13,11 @@ class NoPersonFound(ValueError):
         super().__init__(message)
         self.index = index
         self.role = role
+
+
+class PersonIndexOutOfRange(ValueError):
+    """`by_index` asked for a person the image does not have."""
+
+
+class KeypointOutOfRange(ValueError):
+    """A keypoint so far outside the image that it cannot be drawn (OpenCV takes 32-bit pixel coordinates)."""

@@ -18,12 +18,9 @@ MIN_SIDE = 8  # images smaller than this (in either side) cannot show a person
 Progress = Callable[[int, int], None] | None
 
 
-def to_uint8_images(images) -> np.ndarray:
-    """ComfyUI IMAGE (B, H, W, C) float [0, 1] (torch or numpy; also (H, W, C) or (B, H, W)) -> uint8
-    (B, H, W, 3) RGB. One channel is repeated; two (gray + alpha) keep the gray; four (RGBA) drop alpha."""
-    if hasattr(images, "detach"):
-        images = images.detach().to("cpu").float().numpy()
-    arr = np.asarray(images)
+def as_batch(images):
+    """ComfyUI IMAGE (B, H, W, C) (torch or numpy; also (H, W, C) or (B, H, W)) as a (B, H, W, C) view, not copied."""
+    arr = images.detach() if hasattr(images, "detach") else np.asarray(images)
     if arr.dtype == object:
         raise ValueError("expected an image tensor, got a ragged or object array")
     if arr.ndim == 2:
@@ -32,6 +29,15 @@ def to_uint8_images(images) -> np.ndarray:
         arr = arr[None] if arr.shape[-1] in (1, 2, 3, 4) else arr[..., None]
     if arr.ndim != 4:
         raise ValueError(f"expected images shaped (batch, height, width, channels), got shape {tuple(arr.shape)}")
+    return arr
+
+
+def to_uint8_images(images) -> np.ndarray:
+    """ComfyUI IMAGE (B, H, W, C) float [0, 1] (torch or numpy; also (H, W, C) or (B, H, W)) -> uint8
+    (B, H, W, 3) RGB. One channel is repeated; two (gray + alpha) keep the gray; four (RGBA) drop alpha."""
+    arr = as_batch(images)
+    if hasattr(arr, "numpy"):
+        arr = arr.to("cpu").float().numpy()
     channels = arr.shape[-1]
     if channels in (1, 2):
         arr = np.repeat(arr[..., :1], 3, axis=-1)
@@ -105,14 +111,15 @@ def extract_poses(
     """
     if on_missing not in ON_NO_PERSON:
         raise ValueError(f"on_missing must be one of {', '.join(ON_NO_PERSON)}, got {on_missing!r}")
-    batch = to_uint8_images(images)
+    batch = as_batch(images)
     if batch.shape[0] == 0:
         return []
     if backend is None:
         backend = get_backend(detector, model_dirs)
     frames = []
     total = batch.shape[0]
-    for index, rgb in enumerate(batch):
+    for index in range(total):
+        rgb = to_uint8_images(batch[index : index + 1])[0]  # one at a time: the float temporaries of a whole batch add up
         h, w = rgb.shape[:2]
         if h < MIN_SIDE or w < MIN_SIDE or int(rgb.max()) == int(rgb.min()):
             people = []
@@ -131,14 +138,6 @@ def extract_poses(
     return frames
 
 
-def frames_to_tensor(arrays: Sequence[np.ndarray]):
-    import torch
-
-    if not arrays:
-        return torch.zeros((0, 64, 64, 3), dtype=torch.float32)
-    return torch.from_numpy(np.stack(arrays).astype(np.float32) / 255.0)
-
-
 def render_pose_images(
     frames: Sequence[PoseFrame],
     width: int | None = None,
@@ -149,17 +148,31 @@ def render_pose_images(
 ):
     """Render PoseFrames to a ComfyUI IMAGE tensor (B, H, W, 3) float [0, 1]. Without width/height each
     frame is drawn at its canvas size, which must then be the same for all frames."""
+    import torch
+
     frames = list(frames)
-    check_output_size(width, height)
-    if width is None and len({(f.width, f.height) for f in frames}) > 1:
-        sizes = sorted({f"{f.width}x{f.height}" for f in frames})
-        raise ValueError(f"the poses have different canvas sizes ({', '.join(sizes)}); give a width and height")
-    out = []
+    height, width = output_size(frames, width, height)
+    out = torch.empty((len(frames), height, width, 3), dtype=torch.float32)  # filled a frame at a time
     for i, frame in enumerate(frames):
-        out.append(render_frame(frame, width, height, include_hands=include_hands, include_face=include_face))
+        out[i] = torch.from_numpy(render_frame(frame, width, height, include_hands=include_hands,
+                                               include_face=include_face))
+        out[i] /= 255.0
         if progress is not None:
             progress(i + 1, len(frames))
-    return frames_to_tensor(out)
+    return out
+
+
+def output_size(frames: Sequence[PoseFrame], width: int | None = None, height: int | None = None) -> tuple[int, int]:
+    """(height, width) that render_pose_images draws: the size given, or the frames' one canvas size."""
+    check_output_size(width, height)
+    if width is not None:
+        return height, width
+    sizes = {(f.width, f.height) for f in frames}
+    if len(sizes) > 1:
+        listed = sorted(f"{w}x{h}" for w, h in sizes)
+        raise ValueError(f"the poses have different canvas sizes ({', '.join(listed)}); give a width and height")
+    (width, height), = sizes or {(64, 64)}
+    return height, width
 
 
 def extract_pose_images(
@@ -179,6 +192,6 @@ def extract_pose_images(
     if not frames:
         import torch
 
-        batch = to_uint8_images(images)
-        return torch.zeros(batch.shape, dtype=torch.float32)
+        batch = as_batch(images)
+        return torch.zeros((*batch.shape[:3], 3), dtype=torch.float32)
     return render_pose_images(frames, include_hands=include_hands, include_face=include_face)

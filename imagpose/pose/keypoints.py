@@ -19,6 +19,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .errors import PersonIndexOutOfRange
+
 # OpenPose COCO-18 order.
 BODY_NAMES = (
     "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
@@ -195,7 +197,10 @@ def openpose_to_frame(data: Any, default_size: tuple[int, int] | None = None) ->
         if default_size is None:
             raise ValueError("OpenPose-JSON dict has no canvas_width/canvas_height and no size was given")
         width, height = default_size
-    width, height = int(width), int(height)
+    try:
+        width, height = int(width), int(height)
+    except (TypeError, ValueError, OverflowError) as error:  # OverflowError: an infinite float
+        raise ValueError(f"canvas_width/canvas_height must be whole numbers of pixels, got {width!r}x{height!r}") from error
     if width <= 0 or height <= 0:
         raise ValueError(f"OpenPose-JSON canvas size must be positive, got {width}x{height}")
     people = []
@@ -258,6 +263,6 @@ def select_people(people: Sequence[Person], person: "str | int") -> list[Person]
     if isinstance(person, (int, np.integer)) and not isinstance(person, bool):
         ordered = sorted(people, key=lambda p: p.body[p.visible, 0].mean())
         if not -len(ordered) <= person < len(ordered):
-            raise ValueError(f"person index {person} is out of range: {len(ordered)} people found")
+            raise PersonIndexOutOfRange(f"person index {person} is out of range: {len(ordered)} people found")
         return [ordered[person]]
     raise ValueError(f"person must be 'largest', 'most_confident', 'all' or an index, got {person!r}")

@@ -14,10 +14,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .errors import KeypointOutOfRange
 from .keypoints import BODY_COLORS, BODY_LIMBS, HAND_EDGES, NUM_FACE, Person, PoseFrame
 
 _EPS = 0.01
 _STICK_WIDTH = 4
+DIM_ROWS = 256  # rows dimmed at a time: the float64 product of a whole 8192 px canvas at once would take 1.5 GiB
+MAX_DRAWN_COORDINATE = 1 << 20  # px; keypoints may lie outside the image, but OpenCV takes 32-bit coordinates
 
 
 def _cv2():
@@ -63,7 +66,9 @@ def draw_bodies(canvas: np.ndarray, bodies: Sequence[np.ndarray]) -> np.ndarray:
             angle = math.degrees(math.atan2(X[0] - X[1], Y[0] - Y[1]))
             polygon = cv2.ellipse2Poly((int(mY), int(mX)), (int(length / 2), _STICK_WIDTH), int(angle), 0, 360, 1)
             cv2.fillConvexPoly(canvas, polygon, BODY_COLORS[i])
-    canvas = (canvas * 0.6).astype(np.uint8)
+    for top in range(0, H, DIM_ROWS):  # the reference's (canvas * 0.6).astype(np.uint8), a band at a time
+        band = canvas[top : top + DIM_ROWS]
+        band[...] = (band * 0.6).astype(np.uint8)
     for i in range(len(BODY_COLORS)):
         for body in bodies:
             if body[i, 2] <= 0:
@@ -107,6 +112,20 @@ def draw_faces(canvas: np.ndarray, faces: Iterable[np.ndarray]) -> np.ndarray:
     return canvas
 
 
+def check_drawable(parts: Sequence[np.ndarray], canvas_width: int, canvas_height: int, width: int, height: int) -> None:
+    """Every present keypoint, scaled to the output image, within the coordinates OpenCV can draw."""
+    scale = np.array([width / canvas_width, height / canvas_height])
+    for points in parts:
+        present = points[points[:, 2] > 0, :2]
+        far = ~(np.abs(present * scale) <= MAX_DRAWN_COORDINATE).all(axis=1)
+        if far.any():
+            x, y = present[far][0]
+            raise KeypointOutOfRange(
+                f"a keypoint at ({x:g}, {y:g}) on a {canvas_width}x{canvas_height} canvas lands beyond "
+                f"{MAX_DRAWN_COORDINATE} px (the most OpenCV draws) in the {width}x{height} image; keypoints are pixel "
+                "coordinates of their canvas (or 0-1)")
+
+
 def render_people(
     people: Sequence[Person],
     canvas_width: int,
@@ -123,8 +142,12 @@ def render_people(
     height = int(canvas_height if height is None else height)
     if width <= 0 or height <= 0:
         raise ValueError(f"render size must be positive, got {width}x{height}")
-    canvas = np.zeros((height, width, 3), dtype=np.uint8)
     cw, ch = max(int(canvas_width), 1), max(int(canvas_height), 1)
+    drawn = [p.body for p in people if include_body]
+    drawn += [h for p in people if include_hands for h in (p.left_hand, p.right_hand) if h is not None]
+    drawn += [p.face for p in people if include_face and p.face is not None]
+    check_drawable(drawn, cw, ch, width, height)
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
     if include_body:
         canvas = draw_bodies(canvas, [_normalised(p.body, cw, ch) for p in people])
     if include_hands:
