@@ -4,7 +4,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .imagpose.comfyui import conditioning, files, loaders
-from .imagpose.comfyui.errors import check_widgets, node_boundary, validation_result
+from .imagpose.comfyui.errors import imagpose_node
+from .imagpose.comfyui.memory import MAX_CELL_SIDE
 from .imagpose.imaging import FIT_MODES
 from .imagpose.pose import DETECTORS
 
@@ -18,28 +19,20 @@ files.register()
 
 def cell_inputs() -> list[io.Input]:
     return [
-        io.Int.Input("width", default=512, min=64, max=2048, step=64,
+        io.Int.Input("width", default=512, min=64, max=MAX_CELL_SIDE, step=64,
                      tooltip="Cell width in pixels (the grid is twice as wide). Use the same value on FLC Encode and ILC Pack."),
-        io.Int.Input("height", default=768, min=64, max=2048, step=64,
+        io.Int.Input("height", default=768, min=64, max=MAX_CELL_SIDE, step=64,
                      tooltip="Cell height in pixels (the grid is twice as tall). IMAGPose was trained on 512x768 cells."),
         io.Combo.Input("fit", options=list(FIT_MODES), default="pad",
                        tooltip="How images of another aspect ratio enter a cell: pad (letterbox) or crop (fill, centre crop). Never stretched."),
     ]
 
 
-def validate_cell(node, width: int, height: int, multiple: int) -> bool | str:
-    """validate_inputs of the nodes with cell_inputs: the widgets' limits and the cell's divisibility."""
-    def check():
-        check_widgets(node, width=width, height=height)
-        conditioning.check_cell(height, width, multiple)
-
-    return validation_result(node, check)
-
-
 def first_or_none(options: list[str]) -> str | None:
     return options[0] if options else None
 
 
+@imagpose_node
 class IMAGPoseModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -71,15 +64,19 @@ class IMAGPoseModelLoader(io.ComfyNode):
         return loaders.imagpose_fingerprint(checkpoint, motion_module, pose_guider, patch_embed)
 
     @classmethod
+    def check_inputs(cls, checkpoint=None, motion_module=None, pose_guider=None, patch_embed=None) -> None:
+        loaders.imagpose_files(checkpoint, motion_module, pose_guider, patch_embed)
+
+    @classmethod
     def execute(cls, checkpoint, motion_module, pose_guider, patch_embed) -> io.NodeOutput:
-        with node_boundary(cls):
-            return io.NodeOutput(*loaders.load_imagpose(checkpoint, motion_module, pose_guider, patch_embed))
+        return io.NodeOutput(*loaders.load_imagpose(checkpoint, motion_module, pose_guider, patch_embed))
 
 
+@imagpose_node
 class IMAGPoseImageEncoderLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        encoders = files.image_encoder_choices()
+        encoders = loaders.image_encoder_choices()
         return io.Schema(
             node_id="IMAGPoseImageEncoderLoader",
             display_name="IMAGPose Image Encoder Loader",
@@ -97,11 +94,15 @@ class IMAGPoseImageEncoderLoader(io.ComfyNode):
         return loaders.image_encoder_fingerprint(image_encoder)
 
     @classmethod
+    def check_inputs(cls, image_encoder=None) -> None:
+        loaders.check_image_encoder(image_encoder)
+
+    @classmethod
     def execute(cls, image_encoder) -> io.NodeOutput:
-        with node_boundary(cls):
-            return io.NodeOutput(loaders.load_image_encoder(image_encoder))
+        return io.NodeOutput(loaders.load_image_encoder(image_encoder))
 
 
+@imagpose_node
 class IMAGPoseFLCEncode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -129,17 +130,17 @@ class IMAGPoseFLCEncode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, width=512, height=768) -> bool | str:
-        return validate_cell(cls, width, height, conditioning.FLC_MULTIPLE)
+    def check_inputs(cls, width=None, height=None) -> None:
+        conditioning.check_cell(height, width, conditioning.FLC_MULTIPLE)
 
     @classmethod
     def execute(cls, image_encoder, imagpose, vae, source_images, reference_index, use_all_sources,
                 width, height, fit) -> io.NodeOutput:
-        with node_boundary(cls):
-            return io.NodeOutput(*conditioning.flc_conditioning(
-                image_encoder, imagpose, vae, source_images, reference_index, use_all_sources, height, width, fit))
+        return io.NodeOutput(*conditioning.flc_conditioning(
+            image_encoder, imagpose, vae, source_images, reference_index, use_all_sources, height, width, fit))
 
 
+@imagpose_node
 class IMAGPoseILCPack(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -171,18 +172,18 @@ class IMAGPoseILCPack(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, width=512, height=768) -> bool | str:
-        return validate_cell(cls, width, height, conditioning.ILC_MULTIPLE)
+    def check_inputs(cls, width=None, height=None) -> None:
+        conditioning.check_cell(height, width, conditioning.ILC_MULTIPLE)
 
     @classmethod
     def execute(cls, positive, negative, vae, source_images, target_poses, width, height, fit,
                 source_pose_detector, source_poses=None) -> io.NodeOutput:
-        with node_boundary(cls):
-            extract = None if source_poses is not None else loaders.pose_extractor(source_pose_detector)
-            return io.NodeOutput(*conditioning.ilc_conditioning(positive, negative, vae, source_images, target_poses,
-                                                                source_poses, height, width, fit, extract))
+        extract = None if source_poses is not None else loaders.pose_extractor(source_pose_detector)
+        return io.NodeOutput(*conditioning.ilc_conditioning(positive, negative, vae, source_images, target_poses,
+                                                            source_poses, height, width, fit, extract))
 
 
+@imagpose_node
 class IMAGPoseGridUnpack(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -202,8 +203,7 @@ class IMAGPoseGridUnpack(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, layout, which) -> io.NodeOutput:
-        with node_boundary(cls):
-            return io.NodeOutput(conditioning.unpack_images(images, layout, which))
+        return io.NodeOutput(conditioning.unpack_images(images, layout, which))
 
 
 NODES = [IMAGPoseModelLoader, IMAGPoseImageEncoderLoader, IMAGPoseFLCEncode, IMAGPoseILCPack, IMAGPoseGridUnpack]

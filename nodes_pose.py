@@ -6,12 +6,14 @@ from comfy_api.latest import io
 
 from .imagpose import pose as P
 from .imagpose.comfyui import pose as glue
-from .imagpose.comfyui.errors import check_widgets, node_boundary, validation_result
+from .imagpose.comfyui.errors import imagpose_node
+from .imagpose.comfyui.memory import MAX_POSE_SIDE
 
 POSE_KEYPOINT = io.Custom("POSE_KEYPOINT")
 CATEGORY = "IMAGPose/pose"
 
 
+@imagpose_node
 class IMAGPosePoseExtract(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -54,11 +56,11 @@ class IMAGPosePoseExtract(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, detector, include_hands, include_face, person, person_index, on_no_person) -> io.NodeOutput:
-        with node_boundary(cls):
-            return io.NodeOutput(*glue.extract(images, detector, include_hands, include_face, person, person_index,
-                                               on_no_person))
+        return io.NodeOutput(*glue.extract(images, detector, include_hands, include_face, person, person_index,
+                                           on_no_person))
 
 
+@imagpose_node
 class IMAGPosePoseRender(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -69,9 +71,9 @@ class IMAGPosePoseRender(io.ComfyNode):
             description="Draws POSE_KEYPOINT keypoints exactly like the DWPose renderer IMAGPose's training poses came from.",
             inputs=[
                 POSE_KEYPOINT.Input("keypoints", tooltip="OpenPose-JSON keypoints (from IMAGPose or comfyui_controlnet_aux)."),
-                io.Int.Input("width", default=0, min=0, max=16384,
+                io.Int.Input("width", default=0, min=0, max=MAX_POSE_SIDE,
                              tooltip="Output width in pixels; 0 = each pose's own canvas width. Keypoints are scaled."),
-                io.Int.Input("height", default=0, min=0, max=16384,
+                io.Int.Input("height", default=0, min=0, max=MAX_POSE_SIDE,
                              tooltip="Output height in pixels; 0 = each pose's own canvas height."),
                 io.Boolean.Input("include_hands", default=True, tooltip="Draw hand keypoints when present."),
                 io.Boolean.Input("include_face", default=False, tooltip="Draw face keypoints when present."),
@@ -80,19 +82,15 @@ class IMAGPosePoseRender(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, width=0, height=0) -> bool | str:
-        def check():
-            check_widgets(cls, width=width, height=height)
-            glue.check_render_size(width, height)
-
-        return validation_result(cls, check)
+    def check_inputs(cls, width=None, height=None) -> None:
+        glue.check_render_size(width, height)
 
     @classmethod
     def execute(cls, keypoints, width, height, include_hands, include_face) -> io.NodeOutput:
-        with node_boundary(cls):
-            return io.NodeOutput(glue.render(keypoints, width, height, include_hands, include_face))
+        return io.NodeOutput(glue.render(keypoints, width, height, include_hands, include_face))
 
 
+@imagpose_node
 class IMAGPosePoseRetarget(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -124,8 +122,7 @@ class IMAGPosePoseRetarget(io.ComfyNode):
 
     @classmethod
     def execute(cls, target_keypoints, source_keypoints, anchor, include_hands, include_face) -> io.NodeOutput:
-        with node_boundary(cls):
-            return io.NodeOutput(*glue.retarget(target_keypoints, source_keypoints, anchor, include_hands, include_face))
+        return io.NodeOutput(*glue.retarget(target_keypoints, source_keypoints, anchor, include_hands, include_face))
 
 
 NODES = [IMAGPosePoseExtract, IMAGPosePoseRender, IMAGPosePoseRetarget]

@@ -7,17 +7,21 @@ import torch.nn.functional as F
 FIT_MODES = ("pad", "crop")
 
 
-def fit_to_cell(images: torch.Tensor, height: int, width: int, mode: str = "pad", pad_value: float = 0.0) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, height, width), aspect kept: 'pad' letterboxes, 'crop' fills and centre-crops."""
+def resized_size(src_h: int, src_w: int, height: int, width: int, mode: str = "pad") -> tuple[int, int]:
+    """(height, width) an image is resized to before it is padded or cropped to the cell (crop: larger than the cell,
+    by as much as the aspect ratios differ)."""
     if mode not in FIT_MODES:
         raise ValueError(f"fit must be one of {FIT_MODES}, got {mode!r}")
-    src_h, src_w = images.shape[-2:]
     scale = (min if mode == "pad" else max)(height / src_h, width / src_w)
     new_h, new_w = max(1, round(src_h * scale)), max(1, round(src_w * scale))
     if mode == "pad":
-        new_h, new_w = min(new_h, height), min(new_w, width)
-    else:
-        new_h, new_w = max(new_h, height), max(new_w, width)
+        return min(new_h, height), min(new_w, width)
+    return max(new_h, height), max(new_w, width)
+
+
+def fit_to_cell(images: torch.Tensor, height: int, width: int, mode: str = "pad", pad_value: float = 0.0) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, height, width), aspect kept: 'pad' letterboxes, 'crop' fills and centre-crops."""
+    new_h, new_w = resized_size(*images.shape[-2:], height, width, mode)
     resized = F.interpolate(images, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
     if mode == "crop":
         top, left = (new_h - height) // 2, (new_w - width) // 2

@@ -9,17 +9,17 @@ from dataclasses import dataclass
 
 import torch
 
-import comfy.conds
 import comfy.model_management
 import node_helpers
 
 from .. import grid
 from ..image_encoder import encode as encode_image
-from ..imaging import fit_to_cell
+from ..imaging import fit_to_cell, resized_size
 from ..model import LATENT_SCALE, flc_context
 from ..patch_embed import PatchEmbedding
+from . import memory
 from .errors import InputError
-from .model_patch import POSE_COND
+from .model_patch import POSE_COND, PoseGridCond
 
 CELL_KEY = "imagpose_cell"  # (height, width, fit) the FLC was made for, checked by the ILC node
 PHOTO_PAD = 1.0  # white, like the studio backgrounds of the training photos
@@ -63,10 +63,41 @@ def check_images(name: str, images: torch.Tensor | None, low: int, high: int) ->
     return images
 
 
-def check_cell(height: int, width: int, multiple: int) -> None:
+def check_cell(height: int | None, width: int | None, multiple: int) -> None:
+    """Cell sides the UNet can split (None: not known yet, a value linked from another node)."""
+    if height is None or width is None:
+        return
     if height % multiple or width % multiple or height < multiple or width < multiple:
         raise InputError("width/height", f"a cell whose sides are a multiple of {multiple} px, so the UNet can split "
                          "it down to its lowest resolution", f"{width}x{height}")
+
+
+def check_vae(vae) -> None:
+    """The SD1.5 latent space IMAGPose works in: 4 channels, 8x smaller than the image."""
+    channels, scale = getattr(vae, "latent_channels", None), vae.spacial_compression_encode()
+    if channels != 4 or scale != 8:
+        raise InputError("vae", "an SD1.5-family VAE (4 latent channels, 8x smaller than the image), e.g. "
+                         "sd-vae-ft-mse", f"a VAE with {channels} latent channels and {scale}x downscaling")
+
+
+def fit_cells(name: str, images: torch.Tensor, height: int, width: int, fit: str, pad: float) -> torch.Tensor:
+    """IMAGE batch -> (B, 3, height, width) cells (`fit_to_cell`), refused when the resized images would not fit in
+    memory (crop enlarges an image of another aspect ratio: a 2048x8 strip cropped into a 2048x2048 cell is 524288 px
+    wide before the crop)."""
+    count, src_h, src_w = images.shape[:3]
+    new_h, new_w = resized_size(src_h, src_w, height, width, fit)
+    needed = 2 * memory.image_bytes(count, new_h, new_w) + memory.image_bytes(count, height, width)
+    memory.require(name, f"images that can be fitted ({fit}) into {width}x{height} cells", needed,
+                   f"{count} image(s) of {src_w}x{src_h}, resized to {new_w}x{new_h} first")
+    return fit_to_cell(to_channels_first(images), height, width, fit, pad)
+
+
+def check_vae_memory(vae, cells: int, height: int, width: int, decode: bool, what: str) -> None:
+    """VAE work on `cells` cells of height x width px (see memory.vae_bytes), refused when it would not fit."""
+    needed = memory.vae_bytes(vae, cells * height * width, encode=True, decode=decode)
+    if needed:
+        memory.require("width/height", what, needed, f"{width}x{height} cells ({cells * height * width / 1e6:.1f} "
+                       f"megapixels of VAE work on {vae.device})", device=vae.device)
 
 
 def encode_latent(vae, images_bchw: torch.Tensor) -> torch.Tensor:
@@ -83,7 +114,9 @@ def flc_conditioning(encoder, bundle: IMAGPoseBundle, vae, sources: torch.Tensor
         raise InputError("reference_index", f"0..{sources.shape[0] - 1} for {sources.shape[0]} source image(s)",
                          str(reference_index))
     picked = sources if use_all_sources else sources[reference_index : reference_index + 1]
-    cells = fit_to_cell(to_channels_first(picked), height, width, fit, PHOTO_PAD)
+    check_vae(vae)
+    check_vae_memory(vae, picked.shape[0], height, width, False, "cells the VAE can encode")
+    cells = fit_cells("source_images", picked, height, width, fit, PHOTO_PAD)
     tokens = encoder.encode(cells)
     width_expected = bundle.patch_embed.config["embed_dim"]
     if tokens.shape[-1] != width_expected:
@@ -125,16 +158,19 @@ def ilc_conditioning(positive: list, negative: list, vae, sources: torch.Tensor,
     check_cell(height, width, ILC_MULTIPLE)
     check_same_cell("positive", positive, height, width, fit)
     check_same_cell("negative", negative, height, width, fit)
+    check_vae(vae)
+    # the grid is VAE-encoded here and decoded after sampling: both must fit
+    check_vae_memory(vae, grid.CELLS, height, width, True, "a cell whose 2x2 grid the VAE can encode and decode")
 
     layout = grid.make_layout(sources.shape[0], target_poses.shape[0], height, width)
     images, poses = grid.layout_cells(layout,
-                                      fit_to_cell(to_channels_first(sources), height, width, fit, PHOTO_PAD),
-                                      fit_to_cell(to_channels_first(source_poses), height, width, fit, POSE_PAD),
-                                      fit_to_cell(to_channels_first(target_poses), height, width, fit, POSE_PAD))
+                                      fit_cells("source_images", sources, height, width, fit, PHOTO_PAD),
+                                      fit_cells("source_poses", source_poses, height, width, fit, POSE_PAD),
+                                      fit_cells("target_poses", target_poses, height, width, fit, POSE_PAD))
     masked, pose_grid, flags = grid.assemble([layout], images[None], poses[None], vae.spacial_compression_encode())
     masked_latent = encode_latent(vae, masked)
     values = {"concat_mask": flags, "concat_latent_image": masked_latent,
-              "model_conds": {POSE_COND: comfy.conds.CONDRegular(pose_grid)}}
+              "model_conds": {POSE_COND: PoseGridCond(pose_grid)}}
     latent = torch.zeros_like(masked_latent, device=comfy.model_management.intermediate_device())
     return (node_helpers.conditioning_set_values(positive, values), node_helpers.conditioning_set_values(negative, values),
             {"samples": latent}, layout)
@@ -143,9 +179,13 @@ def ilc_conditioning(positive: list, negative: list, vae, sources: torch.Tensor,
 def unpack_images(images: torch.Tensor, layout: grid.GridLayout, cells: str) -> torch.Tensor:
     """Decoded grid IMAGE batch -> target cells (pose order) or all four cells, per grid in the batch."""
     expected = (layout.cell_height * 2, layout.cell_width * 2)
+    if images.ndim != 4:
+        raise InputError("images", "an IMAGE batch (B, H, W, C)", f"shape {tuple(images.shape)}")
     if tuple(images.shape[1:3]) != expected:
         raise InputError("images", f"decoded grids of {expected[1]}x{expected[0]} px for this layout",
                          f"{images.shape[2]}x{images.shape[1]}")
-    split = grid.split_grid(images.movedim(-1, 1))
     order = layout.target_cells if cells == "targets" else range(grid.CELLS)
+    memory.require("images", "cells to cut out", memory.image_bytes(images.shape[0] * len(order), layout.cell_height,
+                   layout.cell_width, images.shape[-1]), f"{images.shape[0]} grid(s) of {expected[1]}x{expected[0]}")
+    split = grid.split_grid(images.movedim(-1, 1))
     return torch.stack([split[i] for i in order], dim=1).flatten(0, 1).movedim(1, -1)

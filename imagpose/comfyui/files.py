@@ -68,7 +68,12 @@ def resolve(name: str, folders: tuple[str, ...], widget: str, expected: str) -> 
     for root in roots:
         # normalised but not resolved: a model linked in from elsewhere is fine, a name climbing out with .. is not
         candidate = Path(os.path.normpath(root / name))
-        if candidate.exists() and Path(os.path.normpath(root)) in candidate.parents:
+        try:
+            found = candidate.exists()
+        except OSError as error:  # e.g. a name longer than the file system allows: say so, without the full path
+            raise InputError(widget, expected, f"a name of {len(name)} characters ({name[:40]!r}...), which the file "
+                             f"system cannot look up ({error.strerror})") from None
+        if found and Path(os.path.normpath(root)) in candidate.parents:
             return candidate
     searched = ", ".join(str(r) for r in roots) or "(no folders registered)"
     raise InputError(widget, expected, f"{name!r}, which was not found in: {searched}")

@@ -1,16 +1,18 @@
 """What the loader nodes do: find files, read weights, build the MODEL and the image encoder."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import comfy.model_management
+from safetensors import SafetensorError
 
 from .. import file_kinds, image_encoder
 from ..checkpoints import CheckpointError, build_model, load_weights
 from ..models import DINOV2_FOLDER, FetchError
-from . import fetching
+from . import fetching, files
 from .conditioning import IMAGPoseBundle
-from .errors import InputError
+from .errors import InputError, is_out_of_memory
 from .files import FOLDER, dwpose_model_dirs, resolve
 from .model_patch import build_model_patcher
 
@@ -32,19 +34,20 @@ EXPECTED_ENCODER = ("a DINOv2 model: a transformers folder (config.json + model.
                     f"with {fetching.OPT_IN}=1)")
 
 
-def _model_paths(chosen: dict[str, str]) -> dict[str, Path]:
-    """The files of the Model Loader's widgets (none/auto left out); InputError naming a widget whose file is missing."""
+def imagpose_files(checkpoint, motion_module, pose_guider, patch_embed) -> dict[str, Path]:
+    """The files of the Model Loader's widgets (none/auto, and values not known yet, left out); InputError naming a
+    widget whose file is missing."""
+    chosen = {"checkpoint": checkpoint, "motion_module": motion_module, "pose_guider": pose_guider,
+              "patch_embed": patch_embed}
     return {widget: resolve(name, (FOLDER,), widget, EXPECTED_PART[widget])
-            for widget, name in chosen.items() if name not in (NONE, AUTO)}
+            for widget, name in chosen.items() if name is not None and name not in (NONE, AUTO)}
 
 
 def imagpose_fingerprint(checkpoint: str, motion_module: str, pose_guider: str, patch_embed: str) -> tuple:
     """Size and modification time of every file the Model Loader reads for these choices: ComfyUI runs the loader
     again when one of them changes, and reuses its cached model otherwise."""
-    chosen = {"checkpoint": checkpoint, "motion_module": motion_module, "pose_guider": pose_guider,
-              "patch_embed": patch_embed}
     try:
-        paths = _model_paths(chosen)
+        paths = imagpose_files(checkpoint, motion_module, pose_guider, patch_embed)
     except InputError as error:  # the loader itself reports it
         return ("missing", str(error))
     return file_kinds.fingerprint(file_kinds.model_loader_files(
@@ -54,7 +57,7 @@ def imagpose_fingerprint(checkpoint: str, motion_module: str, pose_guider: str, 
 def load_imagpose(checkpoint: str, motion_module: str, pose_guider: str, patch_embed: str):
     chosen = {"checkpoint": checkpoint, "motion_module": motion_module, "pose_guider": pose_guider,
               "patch_embed": patch_embed}
-    paths = _model_paths(chosen)
+    paths = imagpose_files(checkpoint, motion_module, pose_guider, patch_embed)
     try:
         model = build_model(load_weights(paths["checkpoint"], motion_module=paths.get("motion_module"),
                                          pose_guider=paths.get("pose_guider"), patch_embed=paths.get("patch_embed")))
@@ -102,11 +105,28 @@ def image_encoder_fingerprint(name: str) -> tuple:
         return ("missing", str(error))
 
 
+def image_encoder_choices() -> list[str]:
+    """The encoder loader's list: the DINOv2 models found, and dinov2-base when the user opted in to fetching it on
+    first use (a value the list must hold, or the pack's combo check would refuse the prompt before the fetch)."""
+    names = files.image_encoder_choices()
+    return names if DINOV2_FOLDER in names or not fetching.opted_in() else [*names, DINOV2_FOLDER]
+
+
+def check_image_encoder(name: str | None) -> None:
+    """Queue-time check of the encoder widget: the model is there, or it is the DINOv2 fetched on first use."""
+    if name is not None and not (name == DINOV2_FOLDER and fetching.opted_in()):
+        _encoder_path(name)
+
+
 def load_image_encoder(name: str) -> ImageEncoder:
     path = _encoder_path(name, fetch=True)
     try:
         return ImageEncoder(image_encoder.load_dinov2(path))
-    except image_encoder.ImageEncoderError as error:
+    # transformers' own errors too: unreadable or mismatched weights, pickles refused by torch.load(weights_only=True)
+    except (image_encoder.ImageEncoderError, pickle.UnpicklingError, SafetensorError, OSError, RuntimeError,
+            ValueError) as error:
+        if is_out_of_memory(error):
+            raise
         raise InputError("image_encoder", EXPECTED_ENCODER, f"{name!r}: {error}") from error
 
 

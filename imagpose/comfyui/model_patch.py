@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import comfy.conds
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
@@ -24,6 +25,37 @@ from ..unet import MOTION_KEY
 KEY = "imagpose"
 POSE_COND = "imagpose_pose"
 POSE_FEATURES = "imagpose_pose_features"
+NOT_IMAGPOSE_MODEL = (
+    "IMAGPose conditioning (from IMAGPose ILC Pack) reached a model that is not an IMAGPose model. Connect the "
+    "sampler's model to the 'model' output of IMAGPose Model Loader: a plain SD1.5 checkpoint has no pose guider or "
+    "cross-view attention and cannot use the pose grid and reference tokens."
+)
+
+
+class NotAnIMAGPoseModel(ValueError):
+    pass
+
+
+class PoseGridCond(comfy.conds.CONDRegular):
+    """The pose grid as ILC Pack puts it in the conditioning. Only an IMAGPose model may read it: its CALC_COND_BATCH
+    wrapper (`_claim_pose_grid`) hands it on as a plain CONDRegular. Any other model reaches `process_cond`, the first
+    thing ComfyUI does with a model cond at every step, and the user learns which model is wrong before that model
+    fails on the shapes (or, with DINOv2-base and SD1.5 both 768 wide, silently makes an image without the pose)."""
+
+    def process_cond(self, batch_size, **kwargs):
+        raise NotAnIMAGPoseModel(NOT_IMAGPOSE_MODEL)
+
+
+def _claim_pose_grid(executor, model, conds, x_in, timestep, model_options):
+    """On the IMAGPose model, the pose grids of this step's conds become plain CONDRegular (the conds are copies)."""
+    def claimed(cond: dict) -> dict:
+        pose = cond.get("model_conds", {}).get(POSE_COND)
+        if not isinstance(pose, PoseGridCond):
+            return cond
+        return {**cond, "model_conds": {**cond["model_conds"], POSE_COND: comfy.conds.CONDRegular(pose.cond)}}
+
+    conds = [None if group is None else [claimed(cond) for cond in group] for group in conds]
+    return executor(model, conds, x_in, timestep, model_options)
 
 
 def comfy_unet_config(model: IMAGPoseModel) -> dict:
@@ -162,6 +194,7 @@ def build_model_patcher(model: IMAGPoseModel) -> comfy.model_patcher.ModelPatche
     extras_patcher = comfy.model_patcher.ModelPatcher(extras, load_device=load_device, offload_device=offload_device)
     patcher.set_additional_models(KEY, [extras_patcher])
     patcher.set_injections(KEY, [_inject(extras)])
+    patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, KEY, _claim_pose_grid)
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, _pose_wrapper(extras))
     patcher.set_model_input_block_patch(_add_pose_features)
     return patcher

@@ -6,10 +6,12 @@ import comfy.model_management
 import comfy.utils
 
 from .. import pose as P
+from . import memory
 from .errors import InputError
 from .files import dwpose_model_dirs
 
 EXPECTED_KEYPOINTS = "POSE_KEYPOINT (a list of OpenPose-JSON dicts)"
+DRAWING_BYTES_PER_PIXEL = 40  # while one frame is converted and drawn: float copies of the photo, the uint8 canvas
 
 
 def progress(total: int):
@@ -33,40 +35,72 @@ def parse_keypoints(input_name: str, value) -> list[P.PoseFrame]:
     return frames
 
 
-def check_render_size(width: int, height: int) -> None:
-    """0 x 0 (each pose's own canvas) or both sides."""
+def check_render_size(width: int | None, height: int | None) -> None:
+    """0 x 0 (each pose's own canvas) or both sides (None: not known yet, linked from another node)."""
+    if width is None or height is None:
+        return
     try:
         P.check_output_size(width or None, height or None)
     except ValueError as error:
         raise InputError("width/height", "both 0 (each pose's own canvas) or both positive", f"{width}x{height}") from error
 
 
+def check_pose_images(input_name: str, frames: list[P.PoseFrame], width: int | None, height: int | None,
+                      source: str = "") -> None:
+    """Pose images about to be drawn: at most MAX_POSE_SIDE a side, and memory for all of them."""
+    try:
+        height, width = P.output_size(frames, width, height)
+    except ValueError as error:
+        raise InputError("width/height", "an output size when the poses' canvases differ", str(error)) from error
+    memory.check_side(input_name, width, height, memory.MAX_POSE_SIDE, f"{width}x{height}{source}")
+    memory.require(input_name, "pose images", memory.image_bytes(len(frames), height, width) + DRAWING_BYTES_PER_PIXEL
+                   * height * width, f"{len(frames)} pose image(s) of {width}x{height}{source}")
+
+
 def extract(images, detector: str, include_hands: bool, include_face: bool, person: str, person_index: int,
             on_no_person: str):
     """Photos -> (rendered pose images, POSE_KEYPOINT)."""
+    try:
+        count, height, width = P.as_batch(images).shape[:3]
+    except (ValueError, AttributeError) as error:
+        raise InputError("images", "an IMAGE batch (B, H, W, C) with 1, 3 or 4 channels", str(error)) from error
+    memory.require("images", "pose images the size of the photos", memory.image_bytes(count, height, width)
+                   + DRAWING_BYTES_PER_PIXEL * height * width, f"{count} photo(s) of {width}x{height}")
     try:
         frames = P.extract_poses(images, detector=detector, include_hands=include_hands, include_face=include_face,
                                  person=P.person_selector(person, person_index), model_dirs=dwpose_model_dirs(),
                                  on_missing=on_no_person, progress=progress(len(images)))
     except P.NoPersonFound as error:
         raise InputError("images", "photos each showing a person", str(error)) from error
+    except P.PersonIndexOutOfRange as error:
+        raise InputError("person_index", "the index of a person found in every image (0 = leftmost)", str(error)) from error
     except P.PoseBackendUnavailable as error:
         raise InputError("detector", f"a usable '{detector}' pose detector", str(error)) from error
     except ValueError as error:
         raise InputError("images", "an IMAGE batch (B, H, W, C) with 1, 3 or 4 channels", str(error)) from error
     if not frames:
         raise InputError("images", "at least one image", "an empty batch")
-    pose_images = P.render_pose_images(frames, include_hands=include_hands, include_face=include_face)
+    pose_images = draw("images", frames, None, None, include_hands, include_face)
     return pose_images, P.frames_to_openpose(frames)
+
+
+def draw(input_name: str, frames, width, height, include_hands: bool, include_face: bool, with_progress=False):
+    """render_pose_images, with a keypoint too far out to draw named against the input it came from."""
+    try:
+        return P.render_pose_images(frames, width, height, include_hands=include_hands, include_face=include_face,
+                                    progress=progress(len(frames)) if with_progress else None)
+    except P.KeypointOutOfRange as error:
+        raise InputError(input_name, "keypoints inside or near their canvas", str(error)) from error
 
 
 def render(keypoints, width: int, height: int, include_hands: bool, include_face: bool):
     frames = parse_keypoints("keypoints", keypoints)
-    try:
-        return P.render_pose_images(frames, width or None, height or None, include_hands=include_hands,
-                                    include_face=include_face, progress=progress(len(frames)))
-    except ValueError as error:
-        raise InputError("width/height", "an output size when the poses' canvases differ", str(error)) from error
+    if width and height:
+        check_pose_images("width/height", frames, width, height)
+    else:
+        check_pose_images("keypoints", frames, None, None, " (the poses' canvas_width x canvas_height; or set a width "
+                          "and height)")
+    return draw("keypoints", frames, width or None, height or None, include_hands, include_face, with_progress=True)
 
 
 def retarget(target_keypoints, source_keypoints, anchor: str, include_hands: bool, include_face: bool):
@@ -80,6 +114,7 @@ def retarget(target_keypoints, source_keypoints, anchor: str, include_hands: boo
     except ValueError as error:
         raise InputError("source_keypoints", f"1 frame, or one per target frame ({len(targets)})", str(error)) from error
     sizes = {(f.width, f.height) for f in out}
-    size = (None, None) if len(sizes) == 1 else (out[0].width, out[0].height)
-    images = P.render_pose_images(out, *size, include_hands=include_hands, include_face=include_face)
+    width, height = (None, None) if len(sizes) == 1 else (out[0].width, out[0].height)
+    check_pose_images("source_keypoints", out, width, height, " (the source poses' canvas)")
+    images = draw("target_keypoints", out, width, height, include_hands, include_face)
     return P.frames_to_openpose(out), images
