@@ -92,12 +92,12 @@ def fit_cells(name: str, images: torch.Tensor, height: int, width: int, fit: str
     return fit_to_cell(to_channels_first(images), height, width, fit, pad)
 
 
-def check_vae_memory(vae, cells: int, height: int, width: int, decode: bool, what: str) -> None:
-    """VAE work on `cells` cells of height x width px (see memory.vae_bytes), refused when it would not fit."""
-    needed = memory.vae_bytes(vae, cells * height * width, encode=True, decode=decode)
+def check_vae_memory(vae, cells: int, height: int, width: int, what: str) -> None:
+    """VAE-encoding `cells` cells of height x width px (see memory.vae_encode_bytes), refused when it would not fit."""
+    needed = memory.vae_encode_bytes(vae, cells * height * width)
     if needed:
         memory.require("width/height", what, needed, f"{width}x{height} cells ({cells * height * width / 1e6:.1f} "
-                       f"megapixels of VAE work on {vae.device})", device=vae.device)
+                       f"megapixels to VAE-encode on {vae.device})", device=vae.device)
 
 
 def encode_latent(vae, images_bchw: torch.Tensor) -> torch.Tensor:
@@ -115,7 +115,7 @@ def flc_conditioning(encoder, bundle: IMAGPoseBundle, vae, sources: torch.Tensor
                          str(reference_index))
     picked = sources if use_all_sources else sources[reference_index : reference_index + 1]
     check_vae(vae)
-    check_vae_memory(vae, picked.shape[0], height, width, False, "cells the VAE can encode")
+    check_vae_memory(vae, picked.shape[0], height, width, "cells the VAE can encode")
     cells = fit_cells("source_images", picked, height, width, fit, PHOTO_PAD)
     tokens = encoder.encode(cells)
     width_expected = bundle.patch_embed.config["embed_dim"]
@@ -159,8 +159,7 @@ def ilc_conditioning(positive: list, negative: list, vae, sources: torch.Tensor,
     check_same_cell("positive", positive, height, width, fit)
     check_same_cell("negative", negative, height, width, fit)
     check_vae(vae)
-    # the grid is VAE-encoded here and decoded after sampling: both must fit
-    check_vae_memory(vae, grid.CELLS, height, width, True, "a cell whose 2x2 grid the VAE can encode and decode")
+    check_vae_memory(vae, grid.CELLS, height, width, "a cell whose 2x2 grid the VAE can encode")
 
     layout = grid.make_layout(sources.shape[0], target_poses.shape[0], height, width)
     images, poses = grid.layout_cells(layout,

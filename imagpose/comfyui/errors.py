@@ -47,10 +47,11 @@ def shown(text: object) -> str:
 
 def _chain(error: BaseException) -> BaseException | None:
     """The cause to chain (ComfyUI logs the whole chain): none when any link carries torch's unsafe advice."""
-    link: BaseException | None = error
-    while link is not None:
+    link, seen = error, set()
+    while link is not None and id(link) not in seen:
         if has_unsafe_advice(str(link)):
             return None
+        seen.add(id(link))
         link = link.__cause__ or link.__context__
     return error
 

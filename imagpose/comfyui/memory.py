@@ -19,10 +19,9 @@ MAX_CELL_SIDE = 2048  # a grid cell; the 2x2 grid is twice as wide and tall
 FLOAT_BYTES = 4
 GIB = 1024**3
 RAM_DEVICES = ("cpu", "mps")
-# Peak bytes per image pixel of ComfyUI's SD VAE in float32 on the CPU, measured with benchmarks/vae_memory.py
-# (ComfyUI 0.3.75, torch 2.14, 256x256 to 512x512): encode 8.7-12.6 KB, decode 20.7-23.6 KB; the upper ends, rounded up.
+# Peak bytes per image pixel of ComfyUI's SD VAE encoding in float32 on the CPU, measured with
+# benchmarks/vae_memory.py (ComfyUI 0.3.75, torch 2.14, 256x256 to 512x512): 8.7-12.6 KB; the upper end, rounded up.
 CPU_VAE_ENCODE_BYTES_PER_PIXEL = 13_000
-CPU_VAE_DECODE_BYTES_PER_PIXEL = 24_500
 
 
 def gib(size: float) -> str:
@@ -53,12 +52,11 @@ def check_side(input_name: str, width: int, height: int, maximum: int, got: str)
         raise InputError(input_name, f"a size of at most {maximum}x{maximum} px", got)
 
 
-def vae_bytes(vae, pixels: int, encode: bool = True, decode: bool = False) -> int:
-    """Peak memory of VAE-encoding and/or decoding `pixels` image pixels with `vae` where ComfyUI cannot recover
-    from running out (see the module note); 0 where it can."""
+def vae_encode_bytes(vae, pixels: int) -> int:
+    """Peak memory of VAE-encoding `pixels` image pixels with `vae` where ComfyUI cannot recover from running out
+    (see the module note); 0 where it can."""
     device = torch.device(getattr(vae, "device", "cpu"))
     if device.type not in RAM_DEVICES:
         return 0
     scale = comfy.model_management.dtype_size(getattr(vae, "vae_dtype", torch.float32)) / FLOAT_BYTES
-    per_pixel = max(CPU_VAE_ENCODE_BYTES_PER_PIXEL if encode else 0, CPU_VAE_DECODE_BYTES_PER_PIXEL if decode else 0)
-    return int(pixels * per_pixel * scale)
+    return int(pixels * CPU_VAE_ENCODE_BYTES_PER_PIXEL * scale)

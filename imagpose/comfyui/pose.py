@@ -11,7 +11,10 @@ from .errors import InputError
 from .files import dwpose_model_dirs
 
 EXPECTED_KEYPOINTS = "POSE_KEYPOINT (a list of OpenPose-JSON dicts)"
-DRAWING_BYTES_PER_PIXEL = 40  # while one frame is converted and drawn: float copies of the photo, the uint8 canvas
+# measured peaks above the float32 IMAGE output (12 bytes/px): drawing one pose (its uint8 canvas, a band of dimming)
+# adds 4 bytes/px; converting one photo to uint8 for the detector adds 39 bytes/px of float temporaries
+DRAWING_BYTES_PER_PIXEL = 4
+CONVERSION_BYTES_PER_PIXEL = 40
 
 
 def progress(total: int):
@@ -65,7 +68,7 @@ def extract(images, detector: str, include_hands: bool, include_face: bool, pers
     except (ValueError, AttributeError) as error:
         raise InputError("images", "an IMAGE batch (B, H, W, C) with 1, 3 or 4 channels", str(error)) from error
     memory.require("images", "pose images the size of the photos", memory.image_bytes(count, height, width)
-                   + DRAWING_BYTES_PER_PIXEL * height * width, f"{count} photo(s) of {width}x{height}")
+                   + CONVERSION_BYTES_PER_PIXEL * height * width, f"{count} photo(s) of {width}x{height}")
     try:
         frames = P.extract_poses(images, detector=detector, include_hands=include_hands, include_face=include_face,
                                  person=P.person_selector(person, person_index), model_dirs=dwpose_model_dirs(),
