@@ -187,6 +187,15 @@ def test_an_extreme_aspect_ratio_cropped_into_a_cell_is_refused(comfy_nodes, par
                                                      source_poses=torch.rand(1, 64, 64, 3))
 
 
+def test_source_poses_extracted_by_ilc_pack_are_bounded(comfy_nodes, parts, free_memory):
+    free_memory(2**20)
+    with pytest.raises(ValueError, match=r"^IMAGPose ILC Pack: input 'source_images': expected pose images the size of "
+                                         r"the photos that fit .*got 1 photo\(s\) of 512x512"):
+        node(comfy_nodes, "IMAGPoseILCPack").execute(parts["positive"], parts["negative"], parts["vae"],
+                                                     torch.rand(1, 512, 512, 3), torch.rand(1, 64, 64, 3), 64, 64,
+                                                     "pad", "auto", source_poses=None)
+
+
 def test_unpack_output_is_bounded(comfy_nodes, free_memory):
     free_memory(1024)
     with pytest.raises(ValueError, match="^IMAGPose Grid Unpack: input 'images': expected cells to cut out that fit"):

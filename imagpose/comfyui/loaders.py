@@ -135,13 +135,17 @@ def pose_extractor(detector: str):
     def extract(images):
         try:
             from ..pose import extract_pose_images
+            from .pose import check_extraction
         except ImportError as error:
             raise InputError("source_poses", "rendered source poses, or the pose dependencies installed (see README, "
                              "Poses) to extract them", f"not connected, and pose extraction is unavailable ({error})") from error
+        check_extraction("source_images", images)
         try:
             # body + hands, as the training data's DWPose renders
             return extract_pose_images(images, detector=detector, include_hands=True, model_dirs=dwpose_model_dirs())
         except (ValueError, RuntimeError) as error:  # no person found, or no detector can run
+            if is_out_of_memory(error):
+                raise
             raise InputError("source_poses", "rendered source poses, or source photos a detector finds a person in",
                              f"not connected, and extracting them from source_images failed: {error}") from error
 

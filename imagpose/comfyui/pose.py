@@ -60,15 +60,20 @@ def check_pose_images(input_name: str, frames: list[P.PoseFrame], width: int | N
                    * height * width, f"{len(frames)} pose image(s) of {width}x{height}{source}")
 
 
-def extract(images, detector: str, include_hands: bool, include_face: bool, person: str, person_index: int,
-            on_no_person: str):
-    """Photos -> (rendered pose images, POSE_KEYPOINT)."""
+def check_extraction(input_name: str, images) -> None:
+    """Memory for pose images the size of the photos, and for converting one photo at a time for the detector."""
     try:
         count, height, width = P.as_batch(images).shape[:3]
     except (ValueError, AttributeError) as error:
-        raise InputError("images", "an IMAGE batch (B, H, W, C) with 1, 3 or 4 channels", str(error)) from error
-    memory.require("images", "pose images the size of the photos", memory.image_bytes(count, height, width)
+        raise InputError(input_name, "an IMAGE batch (B, H, W, C) with 1, 3 or 4 channels", str(error)) from error
+    memory.require(input_name, "pose images the size of the photos", memory.image_bytes(count, height, width)
                    + CONVERSION_BYTES_PER_PIXEL * height * width, f"{count} photo(s) of {width}x{height}")
+
+
+def extract(images, detector: str, include_hands: bool, include_face: bool, person: str, person_index: int,
+            on_no_person: str):
+    """Photos -> (rendered pose images, POSE_KEYPOINT)."""
+    check_extraction("images", images)
     try:
         frames = P.extract_poses(images, detector=detector, include_hands=include_hands, include_face=include_face,
                                  person=P.person_selector(person, person_index), model_dirs=dwpose_model_dirs(),
