@@ -142,9 +142,11 @@ def combo_inputs(object_info, prompt):
 def test_every_combo_input_is_checked_by_the_pack(comfy_server, object_info):
     """ComfyUI 0.3.75 checks no V3 combo: 'everything' used to behave as 'all', a bad person as an image problem."""
     checked = set()
-    for workflow in ("imagpose_1_source_to_3_targets", "imagpose_pose_from_photos"):
-        prompt = small_prompt(WORKFLOWS_DIR / f"{workflow}.json", object_info, "tiny-imagpose.safetensors", "e2e_combo")
+    for workflow in sorted(WORKFLOWS_DIR.glob("*.json")):  # together they hold every IMAGPose node
+        prompt = small_prompt(workflow, object_info, "tiny-imagpose.safetensors", "e2e_combo")
         for node_id, class_type, name in combo_inputs(object_info, prompt):
+            if (class_type, name) in checked:
+                continue
             bad = json.loads(json.dumps(prompt))
             bad[node_id]["inputs"][name] = "everything"
             message = validation_message(rejected(comfy_server, bad), node_id, name)
