@@ -87,17 +87,17 @@ def _options_text(options: list) -> str:
     return f"one of the {len(options)} choices the node lists (e.g. {', '.join(map(str, options[:3]))}, ...)"
 
 
-def check_widgets(node, **values) -> None:
+def check_widgets(node, values: dict, own_combos: frozenset = frozenset()) -> None:
     """The schema's own limits (combo options, min/max) for the widget values given. ComfyUI 0.3.75 never checks V3
     combos, skips min/max for the inputs a validate_inputs names, and checks nothing for values linked from other
-    nodes; values still unknown (None: linked, seen at queue time) are skipped."""
+    nodes; values still unknown (None: linked, seen at queue time) are skipped, and so are the lists of `own_combos`."""
     declared = {item.id: item for item in node.define_schema().inputs}
     for name, value in values.items():
         item = declared.get(name)
         if item is None or value is None:
             continue
         options = getattr(item, "options", None)
-        if options is not None and value not in options:
+        if options is not None and name not in own_combos and value not in options:
             raise InputError(name, _options_text(list(options)), shown(repr(value)))
         low, high = getattr(item, "min", None), getattr(item, "max", None)
         if low is None and high is None:
@@ -109,11 +109,15 @@ def check_widgets(node, **values) -> None:
 
 
 def check_values(node, values: dict) -> None:
-    """The node's own `check_inputs` (relations between inputs, files that must exist), then the schema's limits."""
+    """The node's own `check_inputs` (relations between inputs, files that must exist), then the schema's limits.
+    A combo that check_inputs takes is the node's to judge, not checked against its list: the loaders list files of
+    their kind, but take any file that exists and say what is wrong with one of another kind (more than 'not in
+    the list')."""
     own = getattr(node, "check_inputs", None)
+    taken = frozenset(inspect.signature(own).parameters) if own is not None else frozenset()
     if own is not None:
-        own(**{name: values.get(name) for name in inspect.signature(own).parameters})
-    check_widgets(node, **values)
+        own(**{name: values.get(name) for name in taken})
+    check_widgets(node, values, own_combos=taken)
 
 
 def validation_result(node, check) -> bool | str:

@@ -5,7 +5,7 @@ import os
 import shutil
 import time
 
-from harness import MAIN_WORKFLOW, cached_nodes, describe_error, image_stats, nodes_of_type, output_images
+from harness import MAIN_WORKFLOW, ComfyHTTPError, cached_nodes, describe_error, image_stats, nodes_of_type, output_images
 from harness.model_zoo import remove_model_zoo, write_model_zoo
 from test_e2e_workflows import small_prompt
 
@@ -86,10 +86,15 @@ def test_changed_model_files_are_loaded_again_unchanged_ones_reused(comfy_server
         assert any((a != b).any() for a, b in zip(pixels(comfy_server, second), pixels(comfy_server, third)))
 
         os.unlink(checkpoint)
-        prompt_id = comfy_server.client.queue_prompt(prompt)
-        entry = comfy_server.client.wait_for(prompt_id, timeout=600)
-        assert entry["status"]["status_str"] == "error", "a removed checkpoint still 'works' from the cache"
-        assert "e2e-replaced.safetensors" in describe_error(entry), describe_error(entry)
+        try:  # the pack checks the file when the prompt is queued (HTTP 400); a run would fail in /history
+            prompt_id = comfy_server.client.queue_prompt(prompt)
+        except ComfyHTTPError as error:
+            assert error.status == 400 and loader_id in error.json()["node_errors"], error.body
+            assert "e2e-replaced.safetensors" in error.body, error.body
+        else:
+            entry = comfy_server.client.wait_for(prompt_id, timeout=600)
+            assert entry["status"]["status_str"] == "error", "a removed checkpoint still 'works' from the cache"
+            assert "e2e-replaced.safetensors" in describe_error(entry), describe_error(entry)
     finally:
         checkpoint.unlink(missing_ok=True)
         shutil.rmtree(encoder, ignore_errors=True)
