@@ -142,8 +142,8 @@ def test_pose_render_sizes_are_bounded(comfy_nodes, free_memory):
     with pytest.raises(ValueError, match="input 'keypoints': expected POSE_KEYPOINT .*whole numbers of pixels"):
         render.execute(keypoints(canvas=(float("inf"), 64)), 0, 0, True, False)
     free_memory(64 * 2**20)
-    with pytest.raises(ValueError, match=r"^IMAGPose Pose Render: input 'width/height': expected pose images that fit "
-                                         r"in the memory available now \(0.1 GiB free RAM\); got 20 pose image\(s\) of "
+    with pytest.raises(ValueError, match=r"^IMAGPose Pose Render: input 'width/height': expected pose images, within "
+                                         r"the memory available now \(0.1 GiB free RAM\); got 20 pose image\(s\) of "
                                          r"1024x1024, which needs about 0.2 GiB"):
         render.execute(keypoints(frames=20), 1024, 1024, True, False)
     assert render.execute(keypoints(frames=2), 256, 256, True, False).result[0].shape == (2, 256, 256, 3)
@@ -155,7 +155,7 @@ def test_retarget_and_extract_sizes_are_bounded(comfy_nodes, free_memory):
         retarget.execute(keypoints(), keypoints(canvas=(50000, 64)), "neck", True, False)
     free_memory(2**20)
     with pytest.raises(ValueError, match=r"^IMAGPose Pose Extract: input 'images': expected pose images the size of the "
-                                         r"photos that fit .*got 2 photo\(s\) of 512x512"):
+                                         r"photos, within .*got 2 photo\(s\) of 512x512"):
         extract.execute(to_image_tensor(photo("astronaut"), photo("astronaut")), "auto", True, False, "largest", 0,
                         "error")
 
@@ -164,12 +164,12 @@ def test_cells_are_refused_when_their_vae_work_does_not_fit(comfy_nodes, parts, 
     flc, ilc = node(comfy_nodes, "IMAGPoseFLCEncode"), node(comfy_nodes, "IMAGPoseILCPack")
     free_memory(2 * GIB)
     with pytest.raises(ValueError, match=r"^IMAGPose FLC Encode: input 'width/height': expected cells the VAE can "
-                                         r"encode that fit in the memory available now \(2.0 GiB free RAM\); got "
+                                         r"encode, within the memory available now \(2.0 GiB free RAM\); got "
                                          r"512x512 cells .*which needs about 3.2 GiB"):
         flc.execute(parts["encoder"], parts["bundle"], parts["vae"], torch.rand(1, 64, 64, 3), 0, False, 512, 512, "pad")
     made_for_256 = [[c[0], {**c[1], "imagpose_cell": (256, 256, "pad")}] for c in parts["positive"]]
     with pytest.raises(ValueError, match=r"^IMAGPose ILC Pack: input 'width/height': expected a cell whose 2x2 grid the "
-                                         r"VAE can encode .*got 256x256 cells \(0.3 megapixels to VAE-encode on cpu\), "
+                                         r"VAE can encode, within .*got 256x256 cells \(0.3 megapixels to VAE-encode on cpu\), "
                                          r"which needs about 3.2 GiB"):
         ilc.execute(made_for_256, made_for_256, parts["vae"], torch.rand(1, 64, 64, 3), torch.rand(1, 64, 64, 3), 256,
                     256, "pad", "auto", source_poses=torch.rand(1, 64, 64, 3))
@@ -180,7 +180,7 @@ def test_an_extreme_aspect_ratio_cropped_into_a_cell_is_refused(comfy_nodes, par
     free_memory(GIB)
     for_crop = [[c[0], {**c[1], "imagpose_cell": (64, 64, "crop")}] for c in parts["positive"]]
     with pytest.raises(ValueError, match=r"^IMAGPose ILC Pack: input 'target_poses': expected images that can be fitted "
-                                         r"\(crop\) into 64x64 cells .*got 1 image\(s\) of 65536x1, resized to "
+                                         r"\(crop\) into 64x64 cells, within .*got 1 image\(s\) of 65536x1, resized to "
                                          r"4194304x64 first"):
         node(comfy_nodes, "IMAGPoseILCPack").execute(for_crop, for_crop, parts["vae"], torch.rand(1, 64, 64, 3),
                                                      torch.rand(1, 1, 65536, 3), 64, 64, "crop", "auto",
@@ -190,7 +190,7 @@ def test_an_extreme_aspect_ratio_cropped_into_a_cell_is_refused(comfy_nodes, par
 def test_source_poses_extracted_by_ilc_pack_are_bounded(comfy_nodes, parts, free_memory):
     free_memory(2**20)
     with pytest.raises(ValueError, match=r"^IMAGPose ILC Pack: input 'source_images': expected pose images the size of "
-                                         r"the photos that fit .*got 1 photo\(s\) of 512x512"):
+                                         r"the photos, within .*got 1 photo\(s\) of 512x512"):
         node(comfy_nodes, "IMAGPoseILCPack").execute(parts["positive"], parts["negative"], parts["vae"],
                                                      torch.rand(1, 512, 512, 3), torch.rand(1, 64, 64, 3), 64, 64,
                                                      "pad", "auto", source_poses=None)
@@ -198,7 +198,7 @@ def test_source_poses_extracted_by_ilc_pack_are_bounded(comfy_nodes, parts, free
 
 def test_unpack_output_is_bounded(comfy_nodes, free_memory):
     free_memory(1024)
-    with pytest.raises(ValueError, match="^IMAGPose Grid Unpack: input 'images': expected cells to cut out that fit"):
+    with pytest.raises(ValueError, match="^IMAGPose Grid Unpack: input 'images': expected cells to cut out, within"):
         node(comfy_nodes, "IMAGPoseGridUnpack").execute(torch.zeros(1, 64, 64, 3), make_layout(1, 3, 32, 32), "all")
 
 

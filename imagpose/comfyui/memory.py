@@ -38,7 +38,7 @@ def require(input_name: str, what: str, needed: int, got: str, device=None) -> N
     free = free_bytes(device)
     if needed > free:
         where = "free RAM" if device is None or torch.device(device).type == "cpu" else f"free on {device}"
-        raise InputError(input_name, f"{what} that fit in the memory available now ({gib(free)} {where})",
+        raise InputError(input_name, f"{what}, within the memory available now ({gib(free)} {where})",
                          f"{got}, which needs about {gib(needed)}")
 
 

@@ -85,7 +85,7 @@ def test_sizes_are_refused_before_allocating_and_the_server_stays_small(comfy_se
     error = failed(comfy_server, prompt)
     (flc_id,) = nodes_of_type(prompt, "IMAGPoseFLCEncode")
     assert error["node_id"] == flc_id and error["exception_message"].startswith(
-        "IMAGPose FLC Encode: input 'width/height': expected cells the VAE can encode that fit in the memory"), error
+        "IMAGPose FLC Encode: input 'width/height': expected cells the VAE can encode, within the memory"), error
     assert needed_gib(error, "got 2048x2048 cells (12.6 megapixels to VAE-encode on cpu)") > 150, error
 
     error = failed(comfy_server, render_prompt([{"people": [], "canvas_width": 100000, "canvas_height": 100000}]))
@@ -98,7 +98,7 @@ def test_sizes_are_refused_before_allocating_and_the_server_stays_small(comfy_se
     frames = [{"people": [], "canvas_width": 8, "canvas_height": 8}] * 1000  # 750 GiB at 8192x8192
     error = failed(comfy_server, render_prompt(frames, 8192, 8192))
     assert error["exception_message"].startswith(
-        "IMAGPose Pose Render: input 'width/height': expected pose images that fit in the memory available now"), error
+        "IMAGPose Pose Render: input 'width/height': expected pose images, within the memory available now"), error
     assert needed_gib(error, "got 1000 pose image(s) of 8192x8192") > 700, error
 
     grown = server_memory(comfy_server, "VmHWM") - resting
