@@ -68,7 +68,7 @@ def parts(comfy_nodes, tiny_models):
 
 def test_every_node_checks_its_combos_at_queue_time(comfy_nodes):
     nodes = pack_nodes(comfy_nodes)
-    assert len(nodes) == 8, sorted(nodes)
+    assert len(nodes) >= 8, sorted(nodes)  # every node of the pack, those added later too
     for name, cls in nodes.items():
         schema = cls.define_schema()
         assert inspect.unwrap(cls.execute) is not cls.execute, f"{name}.execute does not pass through the boundary"
