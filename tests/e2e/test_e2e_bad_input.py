@@ -155,7 +155,7 @@ def test_every_combo_input_is_checked_by_the_pack(comfy_server, object_info):
             checked.add((class_type, name))
     assert {("IMAGPoseGridUnpack", "which"), ("IMAGPosePoseExtract", "person"), ("IMAGPosePoseExtract", "on_no_person"),
             ("IMAGPosePoseRetarget", "anchor"), ("IMAGPoseModelLoader", "checkpoint")} <= checked, sorted(checked)
-    assert len(checked) == 13, sorted(checked)
+    assert len(checked) >= 13, sorted(checked)  # 13 when written; nodes may gain combos
     assert_render_works(comfy_server, "e2e_after_combos")
 
 
