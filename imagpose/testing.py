@@ -45,11 +45,16 @@ SD_VAE = {
 }
 
 
-def make_tiny_model(seed: int = 0, layers_per_block: int = 1) -> IMAGPoseModel:
-    """Random weights everywhere, zero-initialised outputs included, so every part changes the result."""
+def make_tiny_model(seed: int = 0, layers_per_block: int = 1, block_out_channels: list[int] | None = None) -> IMAGPoseModel:
+    """Random weights everywhere, zero-initialised outputs included, so every part changes the result.
+
+    `block_out_channels` multiples of 64 give a UNet that SD1.5-format add-ons (ControlNets) can be made for:
+    ComfyUI builds those with 64-channel attention heads."""
     torch.manual_seed(seed)
-    unet = IMAGPoseUNet(**{**TINY_UNET, "layers_per_block": layers_per_block})
-    model = IMAGPoseModel(unet, PoseGuider(**TINY_POSE_GUIDER), PatchEmbedding(**TINY_PATCH))
+    channels = list(block_out_channels or TINY_UNET["block_out_channels"])
+    unet = IMAGPoseUNet(**{**TINY_UNET, "layers_per_block": layers_per_block, "block_out_channels": channels})
+    pose_guider = PoseGuider(**{**TINY_POSE_GUIDER, "embedding_channels": channels[0]})
+    model = IMAGPoseModel(unet, pose_guider, PatchEmbedding(**TINY_PATCH))
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, param in model.named_parameters():

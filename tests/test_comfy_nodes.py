@@ -76,6 +76,23 @@ def test_imagpose_layers_exist_only_while_patched(comfy_nodes, tiny_models):
     assert cva_layers(unet) == 0
 
 
+def test_sampling_without_the_cva_layers_is_refused(comfy_nodes, tiny_models):
+    """A node that hands the sampler a clone without the pack's injections (so the UNet runs without its CVA
+    layers) gets a message naming the limitation, not a silently different image."""
+    from harness.imagpose_sampling import sample_imagpose
+
+    from imagpose.comfyui.model_patch import KEY
+
+    def strip_injections(model):
+        clone = model.clone()
+        clone.remove_injections(KEY)
+        clone.is_injected = False
+        return clone
+
+    with pytest.raises(RuntimeError, match="0 of its 13 cross-view attention layers ran in this UNet call"):
+        sample_imagpose(comfy_nodes, transform_model=strip_injections)
+
+
 def run_node(nodes, name, *args, **kwargs):
     return nodes.NODE_CLASS_MAPPINGS[name].execute(*args, **kwargs).result
 

@@ -2,9 +2,13 @@
 ModelPatcher mechanisms (injections, an input-block patch, a diffusion-model wrapper, an additional model).
 
 Nothing global is touched: the CVA layers exist inside this model's blocks only while it is patched for
-sampling, and are removed when ComfyUI unpatches it.
+sampling, and are removed when ComfyUI unpatches it. The CVA and pose guider layers are ComfyUI operations
+like the UNet's own, so they are stored in the UNet's weight dtype (--fp16-unet, --bf16-unet) and computed in
+its compute dtype.
 """
 from __future__ import annotations
+
+import logging
 
 import torch
 from torch import nn
@@ -13,6 +17,7 @@ import comfy.conds
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
+import comfy.ops
 import comfy.patcher_extension
 import comfy.supported_models
 import comfy.utils
@@ -116,18 +121,35 @@ class CVALayer(nn.Module):
         self.index = index
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        module = self._holder[0].cva[self.index]
-        dtype = module.temporal_transformer.proj_in.weight.dtype
-        return module(x.to(dtype), optimized_attention).to(x.dtype)
+        extras = self._holder[0]
+        extras.cva_calls += 1
+        return extras.cva[self.index](x, optimized_attention)
+
+
+COMFY_OPERATIONS = ("Linear", "Conv2d", "GroupNorm", "LayerNorm")
+
+
+def use_comfy_operations(module: nn.Module, operations) -> None:
+    """Make the torch layers of `module` ComfyUI's layers of the same kind (`comfy.ops`), as the UNet's own are:
+    they then compute in the dtype of their input (casting weights stored in another dtype, e.g. bf16 weights on a
+    CPU computing in fp32) and can be streamed by ComfyUI's lowvram mode."""
+    for layer in module.modules():
+        name = type(layer).__name__
+        if name in COMFY_OPERATIONS and type(layer) is getattr(nn, name):
+            layer.__class__ = getattr(operations, name)  # a subclass without state of its own: same weights, same maths
+        elif next(layer.parameters(recurse=False), None) is not None and not isinstance(layer, comfy.ops.CastWeightBiasOp):
+            raise TypeError(f"IMAGPose: {type(layer).__name__} has weights but no ComfyUI operation")
 
 
 class IMAGPoseExtras(nn.Module):
     """The weights ComfyUI's UNetModel has no place for, loaded/offloaded with the UNet."""
 
-    def __init__(self, model: IMAGPoseModel):
+    def __init__(self, model: IMAGPoseModel, operations):
         super().__init__()
         self.cva = nn.ModuleList(model.unet.cva_modules())
         self.pose_guider = model.pose_guider
+        use_comfy_operations(self, operations)
+        self.cva_calls = 0  # CVA layers run in the current UNet call (checked by the pose wrapper)
 
 
 def _inject(extras: IMAGPoseExtras):
@@ -138,13 +160,18 @@ def _inject(extras: IMAGPoseExtras):
         for index in reversed(range(len(slots))):  # back to front, so earlier insert positions stay valid
             block, position = slots[index]
             block.insert(position, CVALayer(extras, index))
+        logging.debug("IMAGPose: inserted %d cross-view attention layers into the UNet", len(slots))
 
     def eject(patcher: comfy.model_patcher.ModelPatcher) -> None:
         model = patcher.model.diffusion_model
+        removed = 0
         for block in [*model.input_blocks, model.middle_block, *model.output_blocks]:
             for position in reversed(range(len(block))):
                 if isinstance(block[position], CVALayer):
                     del block[position]
+                    removed += 1
+        if removed:  # a clone of an injected patcher ejects once more, finding nothing
+            logging.debug("IMAGPose: removed %d cross-view attention layers from the UNet", removed)
 
     return comfy.patcher_extension.PatcherInjection(inject=inject, eject=eject)
 
@@ -157,12 +184,19 @@ def _pose_wrapper(extras: IMAGPoseExtras):
                 "IMAGPose model: no pose grid in the conditioning. Feed the KSampler's positive and negative "
                 "from the 'IMAGPose ILC Pack' node."
             )
-        dtype = extras.pose_guider.conv_in.weight.dtype
-        features = extras.pose_guider(pose.to(x.device, dtype)).to(x.dtype)
+        features = extras.pose_guider(pose.to(x.device, x.dtype))
         if features.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"IMAGPose: pose grid gives {tuple(features.shape[-2:])} features for a {tuple(x.shape[-2:])} latent")
         transformer_options = {**transformer_options, POSE_FEATURES: features}
-        return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+        extras.cva_calls = 0
+        out = executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+        if extras.cva_calls != len(extras.cva):
+            raise RuntimeError(
+                f"IMAGPose model: {extras.cva_calls} of its {len(extras.cva)} cross-view attention layers ran in this "
+                "UNet call. A node between the IMAGPose Model Loader and the sampler rebuilt or copied the UNet without "
+                "them; IMAGPose cannot sample without its cross-view attention."
+            )
+        return out
 
     return wrapper
 
@@ -171,6 +205,14 @@ def _add_pose_features(h: torch.Tensor, transformer_options: dict) -> torch.Tens
     if transformer_options.get("block") == ("input", 0) and POSE_FEATURES in transformer_options:
         return h + transformer_options[POSE_FEATURES]
     return h
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def weight_dtypes(module: nn.Module) -> str:
+    return "/".join(sorted({dtype_name(p.dtype) for p in module.parameters()}))
 
 
 def build_model_patcher(model: IMAGPoseModel) -> comfy.model_patcher.ModelPatcher:
@@ -190,7 +232,13 @@ def build_model_patcher(model: IMAGPoseModel) -> comfy.model_patcher.ModelPatche
     base.load_model_weights(state_dict, "")
     patcher = comfy.model_patcher.ModelPatcher(base, load_device=load_device, offload_device=offload_device)
 
-    extras = IMAGPoseExtras(model).to(device=offload_device, dtype=manual_cast or unet_dtype)
+    extras = IMAGPoseExtras(model, comfy.ops.pick_operations(unet_dtype, manual_cast)).to(offload_device)
+    with torch.no_grad():
+        for param in extras.parameters():  # weights only: the position-encoding tables stay exact
+            param.data = param.data.to(unet_dtype)
+    logging.info("IMAGPose model weight dtype: UNet %s, cross-view attention %s, pose guider %s; computed in %s",
+                 *(weight_dtypes(part) for part in (base.diffusion_model, extras.cva, extras.pose_guider)),
+                 dtype_name(manual_cast or unet_dtype))
     extras_patcher = comfy.model_patcher.ModelPatcher(extras, load_device=load_device, offload_device=offload_device)
     patcher.set_additional_models(KEY, [extras_patcher])
     patcher.set_injections(KEY, [_inject(extras)])

@@ -37,15 +37,25 @@ def test_models():
     return root
 
 
+def started_server(tmp_path_factory, test_models, name: str = "", extra_args=(), prepare=None) -> ComfyServer:
+    """A started ComfyUI server with the pack, test models and input images; `extra_args` go on its command
+    line (e.g. --bf16-unet), `prepare(base_dir)` may add files before it starts. The caller stops it."""
+    base = make_base_dir(tmp_path_factory.mktemp(f"comfyui-base{'-' + name if name else ''}"))
+    link_models(base / "models", test_models)
+    write_inputs(base / "input")
+    if prepare is not None:
+        prepare(base)
+    server = ComfyServer(base, startup_timeout=float(os.environ.get("IMAGPOSE_SERVER_STARTUP_TIMEOUT", "300")),
+                         extra_args=list(extra_args))
+    server.start()
+    TIMINGS[f"server start-up{' (' + name + ')' if name else ''}"] = server.startup_seconds
+    return server
+
+
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory, test_models):
     """A running ComfyUI server with the pack, test models and input images."""
-    base = make_base_dir(tmp_path_factory.mktemp("comfyui-base"))
-    link_models(base / "models", test_models)
-    write_inputs(base / "input")
-    server = ComfyServer(base, startup_timeout=float(os.environ.get("IMAGPOSE_SERVER_STARTUP_TIMEOUT", "300")))
-    server.start()
-    TIMINGS["server start-up"] = server.startup_seconds
+    server = started_server(tmp_path_factory, test_models)
     try:
         yield server
     finally:
@@ -66,10 +76,10 @@ def timings():
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if report.failed and "comfy_server" in getattr(item, "fixturenames", ()):
-        server = getattr(item, "funcargs", {}).get("comfy_server")
-        if server is not None:
-            report.sections.append(("ComfyUI server log", server.log_tail(150)))
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, ComfyServer):
+                report.sections.append((f"ComfyUI server log ({value.base_dir.name})", value.log_tail(150)))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -2,7 +2,7 @@
 import torch
 
 
-def sample_imagpose(nodes, keep_model: bool = False):
+def sample_imagpose(nodes, keep_model: bool = False, transform_model=None):
     import comfy.sd
     import comfy.utils
     import folder_paths
@@ -19,6 +19,8 @@ def sample_imagpose(nodes, keep_model: bool = False):
     positive, negative = run("IMAGPoseFLCEncode", encoder, bundle, vae, source, 0, False, 64, 64, "crop")
     positive, negative, latent, layout = run("IMAGPoseILCPack", positive, negative, vae, source, poses[1:], 64, 64,
                                              "crop", "auto", source_poses=poses[:1])
+    if transform_model is not None:  # what a node between the loader and the sampler does
+        model = transform_model(model)
     sampled = nodes.KSampler().sample(model, 5, 2, 2.0, "ddim", "simple", positive, negative, latent)[0]
     decoded = nodes.VAEDecode().decode(vae, sampled)[0]
     images = run("IMAGPoseGridUnpack", decoded, layout, "targets")[0]
