@@ -234,8 +234,14 @@ def build_model_patcher(model: IMAGPoseModel) -> comfy.model_patcher.ModelPatche
 
     extras = IMAGPoseExtras(model, comfy.ops.pick_operations(unet_dtype, manual_cast)).to(offload_device)
     with torch.no_grad():
-        for param in extras.parameters():  # weights only: the position-encoding tables stay exact
-            param.data = param.data.to(unet_dtype)
+        # Copies in memory of their own: the loaded tensors can be pages of the memory-mapped checkpoint, which the
+        # first sampling would otherwise fault in one by one (seconds at SD1.5 size; see benchmarks/) and which a
+        # checkpoint rewritten in place would pull from under the model. Weights in the UNet's dtype; the
+        # position-encoding tables (buffers) stay exact.
+        for param in extras.parameters():
+            param.data = param.data.to(unet_dtype, copy=True)
+        for buffer in extras.buffers():
+            buffer.data = buffer.data.clone()
     logging.info("IMAGPose model weight dtype: UNet %s, cross-view attention %s, pose guider %s; computed in %s",
                  *(weight_dtypes(part) for part in (base.diffusion_model, extras.cva, extras.pose_guider)),
                  dtype_name(manual_cast or unet_dtype))

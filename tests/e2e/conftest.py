@@ -26,6 +26,7 @@ from harness.env import prepare_inprocess_comfyui
 prepare_inprocess_comfyui()
 
 TIMINGS: dict[str, float] = {}
+MEASUREMENTS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +73,12 @@ def timings():
     return TIMINGS
 
 
+@pytest.fixture(scope="session")
+def measurements():
+    """name -> measured value (text), printed at the end of the run."""
+    return MEASUREMENTS
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
@@ -87,3 +94,7 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("IMAGPose end-to-end timings (wall seconds)")
         for name, seconds in TIMINGS.items():
             terminalreporter.write_line(f"{seconds:8.1f}  {name}")
+    if MEASUREMENTS:
+        terminalreporter.section("IMAGPose end-to-end measurements")
+        for name, value in MEASUREMENTS.items():
+            terminalreporter.write_line(f"{name}: {value}")

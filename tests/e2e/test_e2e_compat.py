@@ -128,10 +128,6 @@ def test_model_sampling_discrete_v_prediction_zsnr_is_what_the_loader_sets(compa
     prompt.patch_model("ModelSamplingDiscrete", sampling="v_prediction", zsnr=True)
     same = prompt.run(compat_server)
     torch.testing.assert_close(same, baseline, rtol=0, atol=0)
-    prompt = Prompt(compat_info, "compat_msd_eps")
-    prompt.patch_model("ModelSamplingDiscrete", sampling="eps", zsnr=False)
-    eps = prompt.run(compat_server)
-    assert_changed(eps, baseline, "ModelSamplingDiscrete eps")
 
 
 def test_sampler_custom_advanced_with_cfg_guider_equals_ksampler(compat_server, compat_info, baseline):

@@ -146,12 +146,12 @@ class ComfyServer:
             f"(last error: {last_error}).\n{self.log_tail()}"
         )
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def stop(self, timeout: float = 20.0, grace: float = 3.0) -> None:
         proc = self.process
         if proc is not None and proc.poll() is None:
             try:
-                os.killpg(proc.pid, signal.SIGINT)  # ComfyUI shuts down cleanly on Ctrl-C
-                proc.wait(timeout=timeout)
+                os.killpg(proc.pid, signal.SIGINT)  # ComfyUI stops serving at once on Ctrl-C ...
+                proc.wait(timeout=grace)  # ... then idles ~10 s before exiting: not worth waiting for
             except (subprocess.TimeoutExpired, ProcessLookupError):
                 pass
             if proc.poll() is None:
