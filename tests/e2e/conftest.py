@@ -7,6 +7,7 @@ that used it gets the tail of the server log in its report.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -38,9 +39,10 @@ def test_models():
     return root
 
 
-def started_server(tmp_path_factory, test_models, name: str = "", extra_args=(), prepare=None) -> ComfyServer:
-    """A started ComfyUI server with the pack, test models and input images; `extra_args` go on its command
-    line (e.g. --bf16-unet), `prepare(base_dir)` may add files before it starts. The caller stops it."""
+@contextlib.contextmanager
+def running_server(tmp_path_factory, test_models, name: str = "", extra_args=(), prepare=None):
+    """A ComfyUI server with the pack, test models and input images, stopped on leaving the block; `extra_args`
+    go on its command line (e.g. --bf16-unet), `prepare(base_dir)` may add files before it starts."""
     base = make_base_dir(tmp_path_factory.mktemp(f"comfyui-base{'-' + name if name else ''}"))
     link_models(base / "models", test_models)
     write_inputs(base / "input")
@@ -50,17 +52,17 @@ def started_server(tmp_path_factory, test_models, name: str = "", extra_args=(),
                          extra_args=list(extra_args))
     server.start()
     TIMINGS[f"server start-up{' (' + name + ')' if name else ''}"] = server.startup_seconds
-    return server
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory, test_models):
     """A running ComfyUI server with the pack, test models and input images."""
-    server = started_server(tmp_path_factory, test_models)
-    try:
+    with running_server(tmp_path_factory, test_models) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import started_server
+from conftest import running_server
 from harness import WORKFLOWS_DIR, nodes_of_type
 from harness.compat_models import write_controlnet, write_lora, write_merged_checkpoint
 from test_e2e_workflows import small_prompt
@@ -32,7 +32,7 @@ MERGED = "compat-imagpose-lora-merged.safetensors"
 LORA = "compat-lora.safetensors"
 CONTROLNET = "compat-controlnet.safetensors"
 GRADIENT = "imagpose_gradient.png"
-WORKFLOW = WORKFLOWS_DIR / "imagpose_1_source_to_3_targets.json"
+WORKFLOW = WORKFLOWS_DIR / "IMAGPose 1 - one photo to three poses.json"
 CVA_INSERTED = re.compile(r"IMAGPose: inserted (\d+) cross-view attention layers")
 CVA_REMOVED = re.compile(r"IMAGPose: removed (\d+) cross-view attention layers")
 
@@ -53,12 +53,9 @@ def prepare(base):
 
 @pytest.fixture(scope="module")
 def compat_server(tmp_path_factory, test_models):
-    server = started_server(tmp_path_factory, test_models, "compat", prepare=prepare,
-                            extra_args=["--verbose", "DEBUG", "--use-pytorch-cross-attention"])
-    try:
+    with running_server(tmp_path_factory, test_models, "compat", prepare=prepare,
+                        extra_args=["--verbose", "DEBUG", "--use-pytorch-cross-attention"]) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import started_server
+from conftest import running_server
 from harness import WORKFLOWS_DIR, nodes_of_type, output_images
 from test_e2e_workflows import small_prompt
 
-WORKFLOW = WORKFLOWS_DIR / "imagpose_1_source_to_3_targets.json"
+WORKFLOW = WORKFLOWS_DIR / "IMAGPose 1 - one photo to three poses.json"
 FLAGS = {"bfloat16": "--bf16-unet", "float16": "--fp16-unet"}
 # relative deviation of the final latent from fp32 (max |difference| / max |fp32|), and mean |difference| of the
 # decoded images in 8-bit levels; measured values are in the README
@@ -44,11 +44,8 @@ def fp32_result(comfy_server, object_info):
 
 @pytest.fixture(scope="module", params=sorted(FLAGS))
 def half_server(request, tmp_path_factory, test_models):
-    server = started_server(tmp_path_factory, test_models, request.param, extra_args=[FLAGS[request.param]])
-    try:
+    with running_server(tmp_path_factory, test_models, request.param, extra_args=[FLAGS[request.param]]) as server:
         yield request.param, server
-    finally:
-        server.stop()
 
 
 def test_half_precision_is_close_to_fp32(half_server, fp32_result, measurements):
