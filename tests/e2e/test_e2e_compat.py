@@ -187,6 +187,21 @@ def test_differential_diffusion_changes_a_masked_run(compat_server, compat_info,
     assert_changed(differential, masked, "DifferentialDiffusion")
 
 
+def test_cva_layers_are_removed_when_models_unload(compat_server):
+    """Every insertion of the CVA layers (one per load of a model variant) is undone when ComfyUI unloads.
+    (Before the TorchCompileModel test: after a compiled run this ComfyUI did not act on /free within a minute.)"""
+    compat_server.client.post("/free", {"unload_models": True, "free_memory": True})
+    deadline = time.monotonic() + 60
+    while True:
+        log = compat_server.log_text()
+        inserted, removed = CVA_INSERTED.findall(log), CVA_REMOVED.findall(log)
+        if len(removed) >= len(inserted) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert inserted and set(inserted) == {"13"}, inserted
+    assert removed == inserted, f"{len(inserted)} insertions, {len(removed)} removals: {removed}"
+
+
 COMPILE_BACKENDS = ["cudagraphs"] + (["inductor"] if os.environ.get("IMAGPOSE_TEST_INDUCTOR") == "1" else [])
 
 
@@ -201,17 +216,3 @@ def test_torch_compile_model_matches_eager(compat_server, compat_info, baseline,
     compiled = prompt.run(compat_server)
     timings[f"TorchCompileModel {backend} (compile + 2 steps)"] = time.monotonic() - started
     torch.testing.assert_close(compiled, baseline, rtol=1e-3, atol=1e-3)
-
-
-def test_cva_layers_are_removed_when_models_unload(compat_server):
-    """Every insertion of the CVA layers (one per load of a model variant) is undone when ComfyUI unloads."""
-    compat_server.client.post("/free", {"unload_models": True, "free_memory": True})
-    deadline = time.monotonic() + 60
-    while True:
-        log = compat_server.log_text()
-        inserted, removed = CVA_INSERTED.findall(log), CVA_REMOVED.findall(log)
-        if len(removed) >= len(inserted) or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert inserted and set(inserted) == {"13"}, inserted
-    assert removed == inserted, f"{len(inserted)} insertions, {len(removed)} removals: {removed}"
