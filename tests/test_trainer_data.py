@@ -9,9 +9,10 @@ from imagpose.grid import CELLS
 from imagpose.training import layout_from_roles, min_snr_weights, random_cell_roles, widen_conv_in
 from trainer import data as data_lib
 from trainer.config import ConfigError, load_config
-from trainer.data import DataError, GroupDataset, PoseRule, augment_pair, pick_images
+from trainer.data import DataError, GroupDataset, PoseRule, SampleAugmentation, augment_pair, pick_images
 from trainer.loss import grid_inputs, make_noise_scheduler
-from trainer.testing import one_intraop_thread, POSE_TEMPLATE, photos, write_dataset
+from trainer.testing import (POSE_TEMPLATE, mirrored_cells, one_intraop_thread, photos, write_dataset,
+                             write_ramp_group)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "trainer" / "configs"
@@ -73,18 +74,38 @@ def test_augmentation_moves_image_and_pose_identically():
     image = torch.from_numpy(photos()["coffee"]).permute(2, 0, 1).float() / 255  # 400 x 600, not square
     outputs = set()
     for seed in range(12):
-        out_image, out_pose = augment_pair(image, image.clone(), 64, 64, torch.Generator().manual_seed(seed))
+        augmentation = SampleAugmentation.draw(torch.Generator().manual_seed(seed))
+        out_image, out_pose = augment_pair(image, image.clone(), 64, 64, augmentation)
         assert out_image.shape == (3, 64, 64)
         assert torch.equal(out_image, out_pose)
         outputs.add(out_image.sum().item())
         # a different pose picture gets the same geometry: the inverse image stays the inverse
-        inv_image, inv_pose = augment_pair(image, 1 - image, 64, 64, torch.Generator().manual_seed(seed))
+        inv_image, inv_pose = augment_pair(image, 1 - image, 64, 64, augmentation)
         assert torch.allclose(inv_pose, 1 - inv_image, atol=1e-5)
     assert len(outputs) > 3, "crops/flips must vary between draws"
-    # the flip draw comes after the crop draws: same seed, flip forced on vs off = mirror images
-    kept, _ = augment_pair(image, image, 64, 64, torch.Generator().manual_seed(3), flip_prob=0.0)
-    flipped, _ = augment_pair(image, image, 64, 64, torch.Generator().manual_seed(3), flip_prob=1.0)
+    kept, _ = augment_pair(image, image, 64, 64, SampleAugmentation(0.3, 0.7, flip=False))
+    flipped, _ = augment_pair(image, image, 64, 64, SampleAugmentation(0.3, 0.7, flip=True))
     assert torch.equal(flipped, kept.flip(-1)) and not torch.equal(flipped, kept)
+    # the crop position is a fraction of the free room: the far end stays inside the image
+    last, _ = augment_pair(image, image, 64, 64, SampleAugmentation(0.999, 0.999, flip=False))
+    resized = torch.nn.functional.interpolate(image[None], size=(64, 96), mode="bilinear", antialias=True,
+                                              align_corners=False).clamp(0, 1)[0]
+    assert torch.equal(last, resized[:, :, -64:])
+
+
+def test_no_sample_mixes_mirrored_and_unmirrored_cells(tmp_path):
+    """The authors draw one crop and one flip per sample; 200 samples of photos of different sizes, each
+    cell's orientation read from its pixels (a left-to-right ramp), images and poses alike."""
+    group = write_ramp_group(tmp_path)
+    dataset = GroupDataset([group], 64, 64, PoseRule(template=POSE_TEMPLATE))
+    orientations = []
+    for seed in range(200):
+        sample = dataset.sample(0, torch.Generator().manual_seed(seed))
+        images, poses = mirrored_cells(sample["images"]), mirrored_cells(sample["poses"])
+        assert images == poses, f"sample {seed}: a pose flipped differently from its photo"
+        assert len(set(images)) == 1, f"sample {seed} mixes mirrored and unmirrored cells: {images}"
+        orientations.append(images[0])
+    assert 60 < sum(orientations) < 140, f"{sum(orientations)} of 200 samples mirrored (flip_prob 0.5)"
 
 
 def test_missing_pose_is_a_clear_error(dataset_json, tmp_path):

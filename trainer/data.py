@@ -7,8 +7,8 @@ folder, or `data.root`). Each photo's pose image is found by a rule (see `PoseRu
 is an error naming the file: never a silent fallback to the photo.
 
 A sample is four cells of one group: distinct photos as far as the group allows, each resized to cover the
-cell (aspect kept), randomly cropped to it and randomly flipped, its pose image receiving exactly the same
-transform; random roles (>= 1 source, >= 1 target); the FLC reference is one of the source cells.
+cell (aspect kept), cropped to it and flipped by ONE random crop position and ONE flip for the whole sample
+(every cell and its pose image alike, as the authors' shared RNG state did); random roles (>= 1 source, >= 1 target); the FLC reference is one of the source cells.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import math
 import os
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -158,9 +159,29 @@ def pick_images(count: int, generator: torch.Generator) -> list[int]:
     return [picked[i] for i in torch.randperm(CELLS, generator=generator).tolist()]
 
 
-def augment_pair(image: torch.Tensor, pose: torch.Tensor, height: int, width: int, generator: torch.Generator,
-                 flip_prob: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize to cover (height, width) keeping aspect, random crop, random horizontal flip; the SAME for both.
+@dataclass(frozen=True)
+class SampleAugmentation:
+    """One random crop position and one flip for a whole sample, as the authors drew them (one RNG state for all
+    four cells): every cell, its pose and the reference move alike, so no grid mixes mirrored and unmirrored
+    people (a mirrored garment is not the same garment) or skeleton colour codings.
+
+    The crop position is a fraction of the free room, so photos of different sizes in one group are cropped at
+    the same relative place (for same-size photos: the same pixel offset, like the authors' RandomCrop).
+    """
+
+    crop_top: float  # in [0, 1): where the crop starts within the rows (or columns) left over after the resize
+    crop_left: float
+    flip: bool
+
+    @classmethod
+    def draw(cls, generator: torch.Generator, flip_prob: float = 0.5) -> "SampleAugmentation":
+        top, left, flip = torch.rand(3, generator=generator).tolist()
+        return cls(top, left, flip < flip_prob)
+
+
+def augment_pair(image: torch.Tensor, pose: torch.Tensor, height: int, width: int,
+                 augmentation: SampleAugmentation) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize to cover (height, width) keeping aspect, crop and flip as `augmentation` says; the SAME for both.
 
     The photo and its pose are stacked into one 6-channel tensor, so one resize, one crop and one flip move them.
     """
@@ -171,10 +192,10 @@ def augment_pair(image: torch.Tensor, pose: torch.Tensor, height: int, width: in
     scale = max(height / src_h, width / src_w)
     new_h, new_w = max(height, math.ceil(src_h * scale - 1e-6)), max(width, math.ceil(src_w * scale - 1e-6))
     both = F.interpolate(both, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-    top = int(torch.randint(0, new_h - height + 1, (1,), generator=generator))
-    left = int(torch.randint(0, new_w - width + 1, (1,), generator=generator))
+    top = min(int(augmentation.crop_top * (new_h - height + 1)), new_h - height)
+    left = min(int(augmentation.crop_left * (new_w - width + 1)), new_w - width)
     both = both[..., top : top + height, left : left + width]
-    if float(torch.rand(1, generator=generator)) < flip_prob:
+    if augmentation.flip:
         both = both.flip(-1)
     return both[0, :3], both[0, 3:]
 
@@ -230,9 +251,11 @@ class GroupDataset(Dataset):
     def sample(self, index: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         group = self.groups[index]
         images, poses = [], []
-        for pick in pick_images(len(group), generator):
+        picks = pick_images(len(group), generator)
+        augmentation = SampleAugmentation.draw(generator, self.flip_prob)  # one for the whole sample
+        for pick in picks:
             image, pose = self.load_pair(group[pick])
-            image, pose = augment_pair(image, pose, self.cell_height, self.cell_width, generator, self.flip_prob)
+            image, pose = augment_pair(image, pose, self.cell_height, self.cell_width, augmentation)
             images.append(image)
             poses.append(pose)
         roles = random_cell_roles(generator)

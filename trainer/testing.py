@@ -89,6 +89,32 @@ def write_dataset(root: Path) -> Path:
     return path
 
 
+RAMP_SIZES = ((72, 96), (80, 100), (64, 120), (90, 90), (70, 110))  # (width, height): photos of different sizes
+
+
+def write_ramp_group(root: Path, sizes=RAMP_SIZES) -> list[Path]:
+    """One group of photos (and poses) whose brightness rises from left to right, so a cell's pixels tell
+    whether it was mirrored (whatever crop and resize it got). Poses at POSE_TEMPLATE."""
+    images, poses = root / "image", root / "dwpose"
+    images.mkdir(parents=True, exist_ok=True)
+    poses.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, (width, height) in enumerate(sizes):
+        ramp = np.repeat(np.linspace(0, 255, width, dtype=np.float32)[None, :, None], height, axis=0)
+        picture = Image.fromarray(np.repeat(ramp, 3, axis=2).astype(np.uint8))
+        name = f"RAMP-id_{index:08d}_{index + 1}_front.png"
+        picture.save(images / name)
+        picture.save(poses / name)
+        paths.append(images / name)
+    return paths
+
+
+def mirrored_cells(cells: torch.Tensor) -> list[bool]:
+    """(N, 3, H, W) cells of a ramp photo -> True where the cell is mirrored (its left half is the brighter)."""
+    half = cells.shape[-1] // 2
+    return (cells[..., :half].mean(dim=(1, 2, 3)) > cells[..., -half:].mean(dim=(1, 2, 3))).tolist()
+
+
 def write_models(root: Path, seed: int = 0) -> dict[str, Path]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
