@@ -26,6 +26,7 @@ from .unet import DEFAULT_HEADS, IN_CHANNELS, MOTION_KEY, IMAGPoseUNet, unet_con
 
 PACK_FORMAT = "imagpose-pack"
 PACK_VERSION = "1"
+POSITIONS_KEY = "image_encoder_positions"  # pack metadata: how DINOv2's position table was resampled in training
 PARTS = ("unet", "pose_guider", "patch_embed")
 CHECKPOINT_EXTENSIONS = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
@@ -62,6 +63,7 @@ class IMAGPoseWeights:
     patch_embed: dict[str, torch.Tensor]
     heads: int = DEFAULT_HEADS
     sources: dict[str, str] = field(default_factory=dict)  # part -> file it came from
+    image_encoder_positions: str | None = None  # from a pack file's metadata; None: not recorded (authors' files)
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -120,7 +122,8 @@ def classify(state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | Non
     raise CheckpointError(f"not an IMAGPose checkpoint part: its keys ({sample}, ...) match no known layout")
 
 
-def _split_pack(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+def split_pack(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Pack-layout tensors (`unet.*`, `pose_guider.*`, `patch_embed.*`) by part."""
     parts: dict[str, dict[str, torch.Tensor]] = {p: {} for p in PARTS}
     for key, tensor in state_dict.items():
         part, _, rest = key.partition(".")
@@ -194,11 +197,12 @@ def read_motion_modules(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 @dataclass
 class _Parts:
-    """What has been read so far: tensors per part, the file each came from, the pack's head count."""
+    """What has been read so far: tensors per part, the file each came from, the pack's head count and positions."""
 
     tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     heads: int = DEFAULT_HEADS
+    positions: str | None = None
 
     def read(self, path: Path, required: str | None = None) -> str:
         """Read one file into its part(s); returns the kind its keys say it is."""
@@ -212,7 +216,8 @@ class _Parts:
                                   f"{required.replace('_', ' ')}", path)
         if kind == "pack":
             self.heads = pack_heads(path, metadata)
-            for part, tensors in _split_pack(state_dict).items():
+            self.positions = (metadata or {}).get(POSITIONS_KEY)
+            for part, tensors in split_pack(state_dict).items():
                 if tensors:
                     self.tensors[part], self.sources[part] = tensors, path.name
         else:
@@ -286,7 +291,7 @@ def load_weights(
         parts.tensors["unet"] = {**parts.tensors["unet"], **read_motion_modules(motion_module)}
         parts.sources["motion_modules"] = Path(motion_module).name
     t = parts.tensors
-    return IMAGPoseWeights(t["unet"], t["pose_guider"], t["patch_embed"], parts.heads, parts.sources)
+    return IMAGPoseWeights(t["unet"], t["pose_guider"], t["patch_embed"], parts.heads, parts.sources, parts.positions)
 
 
 def cva_config_from_unet(unet_state_dict: dict[str, torch.Tensor], heads: int) -> dict | None:
@@ -335,10 +340,16 @@ def pack_config(model: IMAGPoseModel) -> dict:
 
 
 def save_pack(model: IMAGPoseModel, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
-    """Write the single-file format atomically (a temp file renamed into place: nothing half-written)."""
+    """Write the single-file format of a model (see write_pack)."""
+    return write_pack(model.state_dict(), pack_config(model), path, extra_metadata)
+
+
+def write_pack(state_dict: dict[str, torch.Tensor], config: dict, path: str | os.PathLike,
+               extra_metadata: dict[str, str] | None = None) -> Path:
+    """Pack-layout tensors + pack_config -> the single-file format, atomically (a temp file renamed into place)."""
     path = Path(path)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {"format": PACK_FORMAT, "version": PACK_VERSION, "config": json.dumps(pack_config(model), default=list)}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    metadata = {"format": PACK_FORMAT, "version": PACK_VERSION, "config": json.dumps(config, default=list)}
     metadata.update(extra_metadata or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, suffix=".partial")
@@ -352,13 +363,22 @@ def save_pack(model: IMAGPoseModel, path: str | os.PathLike, extra_metadata: dic
     return path
 
 
+AUTHORS_NAMES = (("unet", "denoising_unet"), ("pose_guider", "pose_guider"), ("patch_embed", "patch"))
+
+
 def save_authors_format(model: IMAGPoseModel, folder: str | os.PathLike, step: int = 1) -> list[Path]:
     """The authors' layout: denoising_unet-N.pth (UNet incl. motion modules), pose_guider-N.pth, patch-N.pth."""
+    return write_authors_format(model.state_dict(), folder, step)
+
+
+def write_authors_format(state_dict: dict[str, torch.Tensor], folder: str | os.PathLike, step: int = 1) -> list[Path]:
+    """Pack-layout tensors -> the authors' three torch.save files."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    parts = split_pack(state_dict)
     written = []
-    for part, name in (("unet", "denoising_unet"), ("pose_guider", "pose_guider"), ("patch_embed", "patch")):
+    for part, name in AUTHORS_NAMES:
         path = folder / f"{name}-{step}.pth"
-        torch.save({k: v.detach().cpu() for k, v in getattr(model, part).state_dict().items()}, path)
+        torch.save({k: v.detach().cpu() for k, v in parts[part].items()}, path)
         written.append(path)
     return written

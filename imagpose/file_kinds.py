@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoints import CheckpointError, candidate_files, classify, peek
+from .image_encoder import WEIGHT_FILES as DINOV2_WEIGHTS
 from .image_encoder import is_dinov2, is_dinov2_config
 from .unet import MOTION_KEY
 
@@ -20,7 +21,6 @@ PACK, UNET, POSE_GUIDER, PATCH_EMBED = "pack", "unet", "pose_guider", "patch_emb
 MOTION_MODULE = "motion_module"  # CVA weights only (AnimateDiff-style motion-module files)
 DINOV2 = "dinov2"
 MODEL_KINDS = (PACK, UNET)  # what the Model Loader's checkpoint loads
-DINOV2_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
 @dataclass(frozen=True)

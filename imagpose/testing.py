@@ -35,8 +35,8 @@ TINY_POSE_GUIDER = {"embedding_channels": 32, "block_out_channels": [16, 16, 32,
 TINY_PATCH = {"patch_size": 4, "in_channels": 4, "embed_dim": 64}
 TINY_DINOV2 = {
     "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 1,  # head width 64, as every DINOv2
-    "intermediate_size": 128,
-    "patch_size": 14, "image_size": 224,
+    "mlp_ratio": 2,
+    "patch_size": 14, "image_size": 518,  # DINOv2's real 37x37 position table, resampled for 224 px inputs
 }
 SD_VAE = {
     "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,

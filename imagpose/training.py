@@ -1,8 +1,10 @@
-"""Model-level pieces of IMAGPose training: the loss weighting, random cell roles, conv_in widening.
+"""Model-level pieces of IMAGPose training: the loss weighting, random cell roles, conv_in widening, condition dropout.
 
 Pure functions (no file access, no global state) so the trainer and its tests share one definition.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -60,3 +62,38 @@ def widen_conv_in(weight: torch.Tensor, in_channels: int = IN_CHANNELS) -> torch
     widened = weight.new_zeros(weight.shape[0], in_channels, *weight.shape[2:])
     widened[:, : weight.shape[1]] = weight
     return widened
+
+
+CONDITION_DROPOUTS = ("context", "authors")
+
+
+@dataclass
+class ConditionKeep:
+    """Per-sample keep flags (1 keep, 0 drop) of one training batch, as float tensors of shape (B,)."""
+
+    context: torch.Tensor  # 0: the whole FLC context (DINOv2 and patch tokens) zeroed, the nodes' negative
+    pixels: torch.Tensor  # 0: the DINOv2 input pixels zeroed after normalisation (the authors' dropout)
+    reference: torch.Tensor  # 0: the reference latents zeroed before the patch embedder (the authors' dropout)
+
+
+def condition_dropout(mode: str, stage: str, batch_size: int, ratio: float,
+                      generator: torch.Generator | None = None) -> ConditionKeep:
+    """Which conditions of a batch are dropped for classifier-free guidance.
+
+    'context' (every stage): each sample's whole FLC context with probability `ratio`, i.e. exactly the zero
+    context the nodes use as negative. 'authors', as their training scripts: in stage 1 the DINOv2 pixels of the
+    whole batch on a `ratio` share of the steps; in stage 2 and end-to-end, per sample, the DINOv2 pixels, the
+    reference latents or both, each with probability ratio / 2 (5 / 5 / 5 % at the default 0.1).
+    """
+    if mode not in CONDITION_DROPOUTS:
+        raise ValueError(f"condition dropout must be one of {CONDITION_DROPOUTS}, got {mode!r}")
+    ones = torch.ones(batch_size)
+    if mode == "context":
+        return ConditionKeep((torch.rand(batch_size, generator=generator) >= ratio).float(), ones, ones)
+    if stage == "stage1":
+        keep = float(torch.rand(1, generator=generator).item() >= ratio)
+        return ConditionKeep(ones, ones * keep, ones)
+    draw = torch.rand(batch_size, generator=generator)
+    pixels_only, reference_only = draw < ratio / 2, (draw >= ratio / 2) & (draw < ratio)
+    both = (draw >= ratio) & (draw < 1.5 * ratio)
+    return ConditionKeep(ones, (~(pixels_only | both)).float(), (~(reference_only | both)).float())

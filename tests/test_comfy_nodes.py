@@ -298,3 +298,45 @@ def test_pack_file_works_as_motion_module(comfy_nodes, tiny_models):
         assert not all(torch.equal(got[k], before.state_dict()[k]) for k in want)
     assert all(torch.equal(a, b) for a, b in zip(swapped.pose_guider.state_dict().values(),
                                                  plain.pose_guider.state_dict().values()))
+
+
+def test_image_encoder_is_a_model_comfyui_manages(parts, tiny_models):
+    """DINOv2 behind a ModelPatcher: counted among the loaded models, unloaded with them, in the dtype ComfyUI
+    picks for a UNet here (fp32 on the CPU), computing what the trainer's DINOv2 computes."""
+    import comfy.model_management
+
+    from imagpose.image_encoder import encode, load_dinov2
+
+    _, paths = tiny_models
+    encoder = parts[3]
+    images = torch.rand(2, 3, 100, 80)
+    tokens = encoder.encode(images)
+    loaded = [m.model for m in comfy.model_management.current_loaded_models]
+    assert encoder.patcher in loaded
+    weights = list(encoder.encoder.parameters())
+    assert encoder.patcher.model_size() == sum(p.numel() * p.element_size() for p in weights) > 0
+    assert encoder.dtype == torch.float32 and {p.dtype for p in weights} == {torch.float32}
+    comfy.model_management.unload_all_models()
+    assert encoder.patcher not in [m.model for m in comfy.model_management.current_loaded_models]
+    assert torch.equal(tokens, encode(load_dinov2(paths["dinov2"]), images))
+    assert torch.equal(encoder.encode(images), tokens)  # loaded again on demand
+
+
+def test_flc_uses_the_dinov2_positions_the_pack_was_trained_with(parts, tiny_models):
+    from imagpose.checkpoints import POSITIONS_KEY, save_pack
+    from imagpose.comfyui.conditioning import PHOTO_PAD
+    from imagpose.image_encoder import AUTHORS_POSITIONS, encode, load_dinov2
+    from imagpose.imaging import fit_to_cell
+    from imagpose.testing import make_tiny_model
+
+    nodes, vae, _, encoder, _, _ = parts
+    root, paths = tiny_models
+    save_pack(make_tiny_model(), root / "imagpose" / "size-positions.safetensors", {POSITIONS_KEY: "bicubic-size"})
+    _, bundle = run_node(nodes, "IMAGPoseModelLoader", "size-positions.safetensors", "none", "auto", "auto")
+    assert bundle.image_encoder_positions == "bicubic-size"
+    source = torch.rand(1, 80, 64, 3)
+    positive = run_node(nodes, "IMAGPoseFLCEncode", encoder, bundle, vae, source, 0, False, 64, 64, "pad")[0]
+    cell = fit_to_cell(source.movedim(-1, 1), 64, 64, "pad", PHOTO_PAD)
+    tokens = positive[0][0][:, : 1 + (224 // 14) ** 2]
+    assert torch.allclose(tokens, encode(load_dinov2(paths["dinov2"], "bicubic-size"), cell), atol=1e-6)
+    assert not torch.allclose(tokens, encode(load_dinov2(paths["dinov2"], AUTHORS_POSITIONS), cell), atol=1e-3)

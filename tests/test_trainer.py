@@ -17,6 +17,7 @@ import yaml
 
 from imagpose.checkpoints import build_model, load_weights
 from imagpose.testing import make_tiny_model
+from trainer import export
 from trainer import train as train_lib
 from trainer.config import DEFAULTS
 from trainer.loss import make_noise_scheduler, training_loss
@@ -40,10 +41,13 @@ def setup(tmp_path_factory):
     return root, write_setup(root)
 
 
-def weights(checkpoint: Path, fmt: str = "pack"):
-    if fmt == "pack":
-        return load_weights(next(checkpoint.glob("imagpose-*.safetensors")))
-    return load_weights(checkpoint / "authors")
+def weights(checkpoint: Path, fmt: str = "pack", kind: str = "trained"):
+    """A checkpoint's weights as the nodes' loader reads them, after `trainer.export` (pack file or authors' files)."""
+    name = f"{checkpoint.name}-{kind}"
+    out = checkpoint.parent / "exports" / (f"{name}.safetensors" if fmt == "pack" else name)
+    if not out.exists():
+        assert export.main([str(checkpoint), str(out), "--weights", kind]) == 0
+    return load_weights(out)
 
 
 def flat(w) -> dict[str, torch.Tensor]:
@@ -110,7 +114,9 @@ def motion_file(setup):
 
 @pytest.fixture(scope="module")
 def stage2(setup, stage1, motion_file):
-    return run(setup, "stage2", init=stage1 / "checkpoint-2", motion=motion_file[0], save_initial=True, max_steps=1)
+    # global batch 4 with batch 2 on one process: 2 accumulation steps per optimisation step
+    return run(setup, "stage2", init=stage1 / "checkpoint-2", motion=motion_file[0], save_initial=True, max_steps=1,
+               global_batch=4)
 
 
 def test_stage1_widens_conv_in_trains_unet_pose_guider_patch_and_leaves_cva(setup, stage1):
@@ -136,21 +142,31 @@ def test_stage1_widens_conv_in_trains_unet_pose_guider_patch_and_leaves_cva(setu
     assert "unet.conv_in.weight" in moved and end["unet.conv_in.weight"][:, 4:].abs().sum() > 0
 
 
-def test_checkpoint_formats_load_with_the_nodes_loader_and_agree(stage1):
+def test_checkpoints_hold_the_weights_once_and_export_to_both_formats(stage1, tmp_path):
     checkpoint = stage1 / "checkpoint-2"
     assert not list(stage1.glob(".checkpoint-*")), "no partial checkpoint folder may remain"
-    assert sorted(p.name for p in (checkpoint / "authors").iterdir()) == [
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["state", "trainer_state.json"]
+    assert not list(checkpoint.rglob("*.pth")) and [p.name for p in checkpoint.rglob("*.safetensors")] == ["model.safetensors"]
+    # on demand: `python -m trainer.export` to the pack file (as a user runs it) and to the authors' files
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "trainer.export", str(checkpoint), str(tmp_path / "pack.safetensors")],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert export.main([str(checkpoint), str(tmp_path / "authors")]) == 0
+    assert sorted(p.name for p in (tmp_path / "authors").iterdir()) == [
         "denoising_unet-2.pth", "patch-2.pth", "pose_guider-2.pth"]
-    pack, authors = weights(checkpoint, "pack"), weights(checkpoint, "authors")
+    pack, authors = load_weights(tmp_path / "pack.safetensors"), load_weights(tmp_path / "authors")
     assert not changed(flat(pack), flat(authors))
+    assert pack.image_encoder_positions == "bicubic-scale-factor"
+    # the end of the stage wrote the pack file from the same weights
+    assert not changed(flat(load_weights(stage1 / "imagpose-stage1-2.safetensors")), flat(pack))
     torch.manual_seed(0)
     sample, context, pose = torch.randn(1, 9, 16, 16), torch.randn(1, 261, 64), torch.rand(1, 3, 128, 128)
     with torch.no_grad():
         out_pack = build_model(pack)(sample, torch.tensor([500]), context, pose)
         out_authors = build_model(authors)(sample, torch.tensor([500]), context, pose)
         assert torch.equal(out_pack, out_authors) and out_pack.abs().sum() > 0
-    # a folder given to the loader (as the ComfyUI node does) finds the pack file
-    assert not changed(flat(load_weights(checkpoint)), flat(pack))
+    assert export.main([str(stage1), str(tmp_path / "x.safetensors")]) == 2  # a run folder is not a checkpoint
 
 
 def test_stage2_initialises_cva_from_motion_module_and_trains_only_cva(stage1, stage2, motion_file):
@@ -163,6 +179,7 @@ def test_stage2_initialises_cva_from_motion_module_and_trains_only_cva(stage1, s
     moved = changed(start, end)
     cva = {k for k in parameters_named(build_model(weights(last_checkpoint(stage2)))) if MOTION in k}
     assert moved == cva, f"stage 2 changed non-CVA {sorted(moved - cva)[:3]} / left CVA {sorted(cva - moved)[:3]}"
+    assert json.loads((stage2 / "config.json").read_text())["train"]["gradient_accumulation_steps"] == 2
 
 
 def test_stage2_without_motion_module_warns_and_keeps_stage1_cva(setup, stage1, caplog):
@@ -172,13 +189,30 @@ def test_stage2_without_motion_module_warns_and_keeps_stage1_cva(setup, stage1, 
     assert not changed(flat(weights(stage1 / "checkpoint-2")), flat(weights(out / "checkpoint-0")))
 
 
-def test_end2end_trains_every_part(setup, stage2):
-    out = run(setup, "end2end", init=last_checkpoint(stage2), save_initial=True, max_steps=1)
-    start, end = flat(weights(out / "checkpoint-0")), flat(weights(out / "checkpoint-1"))
+def test_end2end_trains_every_part_with_an_ema_kept_across_a_resume(setup, stage2):
+    """EMA (diffusers' EMAModel): saved in each checkpoint, restored on resume, exported as the stage's pack file;
+    the retention limit keeps the newest checkpoints."""
+    init = last_checkpoint(stage2)
+    options = {"ema": True, "checkpointing_steps": 1, "checkpoints_keep": 2}
+    out = run(setup, "end2end", init=init, save_initial=True, max_steps=1, **options)
+    out = run(setup, "end2end", init=init, resume="latest", max_steps=2, **options)
+    assert [p.name for p in train_lib.checkpoints_in(out)] == ["checkpoint-1", "checkpoint-2"]  # checkpoint-0 retired
+    assert (out / "checkpoint-2" / export.EMA_FILE).is_file()
+    start, one, two = flat(weights(init)), flat(weights(out / "checkpoint-1")), flat(weights(out / "checkpoint-2"))
     assert not changed(flat(weights(last_checkpoint(stage2))), start)
-    params = parameters_named(build_model(weights(out / "checkpoint-1")))
-    assert params <= changed(start, end)
+    params = parameters_named(build_model(weights(out / "checkpoint-2")))
+    assert params <= changed(start, one) and params <= changed(one, two)
     assert all(torch.isfinite(torch.tensor(losses(out))))
+    # diffusers' EMA: a copy at step 1, then decay (1 + 1) / (10 + 1) at step 2 (restored from checkpoint-1's state)
+    ema = flat(weights(out / "checkpoint-2", kind="ema"))
+    decay = 2 / 11
+    for name in params:
+        assert torch.allclose(ema[name], decay * one[name] + (1 - decay) * two[name], atol=1e-6), name
+    assert changed(ema, two) == params
+    pack = out / "imagpose-end2end-2.safetensors"
+    assert not changed(flat(load_weights(pack)), ema)
+    first_ema = flat(weights(out / "checkpoint-1", kind="ema"))  # step 1: a copy (up to float rounding)
+    assert all(torch.allclose(first_ema[k], one[k], atol=1e-6) for k in one)
 
 
 def test_launched_run_resumes_from_the_latest_checkpoint(stage1):
@@ -197,13 +231,13 @@ def parts(setup):
     return load_vae(paths["vae"]), load_image_encoder(paths["image_encoder"])
 
 
-def sample_batch(setup):
+def sample_batch(setup, samples: int = 1):
     from trainer.data import GroupDataset
 
     root, paths = setup
     config = tiny_config(root, "stage1", paths, paths["groups"])
     dataset = GroupDataset.from_config(config["data"])
-    samples = [dataset.sample(0, torch.Generator().manual_seed(0))]
+    samples = [dataset.sample(i % len(dataset), torch.Generator().manual_seed(i)) for i in range(samples)]
     return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
 
 
@@ -212,7 +246,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(setup, parts):
     vae, encoder = parts
     batch = sample_batch(setup)
     scheduler = make_noise_scheduler(DEFAULTS["noise_scheduler"])
-    train = {"noise_offset": 0.05, "uncond_ratio": 0.0, "snr_gamma": 5.0}
+    train = {"noise_offset": 0.05, "uncond_ratio": 0.0, "snr_gamma": 5.0, "condition_dropout": "context"}
     grads = []
     recomputed = []
 
@@ -229,7 +263,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(setup, parts):
             model.unet.enable_gradient_checkpointing(counting_checkpoint)
         net = TrainingNet(model, use_cva=True).train()
         torch.manual_seed(1)
-        loss, _ = training_loss(net, batch, vae, encoder, scheduler, train, vae_downscale(vae))
+        loss, _ = training_loss(net, batch, vae, encoder, scheduler, train, vae_downscale(vae), "stage1")
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert {"ResnetBlock2D", "BasicTransformerBlock", "CrossViewAttention"} <= set(recomputed)
@@ -284,3 +318,40 @@ def test_set_trainable_per_stage():
         trainable = set_trainable(model, stage)
         assert {n for n, p in model.named_parameters() if p.requires_grad} == wanted, stage
         assert {id(p) for p in trainable} == {id(p) for n, p in model.named_parameters() if n in wanted}
+
+
+def test_8bit_adamw_on_cpu_is_a_clear_error(setup, capsys):
+    path, _ = write_config(setup, "stage1", name="adam8", optimizer="adamw8bit")
+    assert train_lib.main(["--config", str(path)]) == 2
+    assert "train.optimizer=adamw8bit needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_training_loss_drops_each_condition_where_it_is_told(setup, parts, monkeypatch):
+    """'authors' dropout: zero DINOv2 pixels, zero reference latents; 'context': the whole FLC context."""
+    from imagpose.training import ConditionKeep
+    from trainer import loss as loss_lib
+
+    vae, encoder = parts
+    batch = sample_batch(setup, samples=3)
+    keep = ConditionKeep(context=torch.tensor([1.0, 1.0, 0.0]), pixels=torch.tensor([0.0, 1.0, 1.0]),
+                         reference=torch.tensor([1.0, 0.0, 1.0]))
+    monkeypatch.setattr(loss_lib, "condition_dropout", lambda *args: keep)
+    pixels, seen = [], {}
+    hook = encoder.register_forward_pre_hook(lambda module, args: pixels.append(args[0]))
+
+    class Recorder(torch.nn.Module):
+        def forward(self, sample, timesteps, image_embeds, reference_latents, pose_grid, keep_context):
+            seen.update(embeds=image_embeds, reference=reference_latents, keep=keep_context)
+            return torch.zeros_like(sample[:, :4])
+
+    train = {"noise_offset": 0.0, "uncond_ratio": 0.1, "snr_gamma": 5.0, "condition_dropout": "authors"}
+    try:
+        loss_lib.training_loss(Recorder(), batch, vae, encoder, make_noise_scheduler(DEFAULTS["noise_scheduler"]),
+                               train, vae_downscale(vae), "stage2")
+    finally:
+        hook.remove()
+    (fed,) = pixels
+    assert fed[0].abs().sum() == 0 and fed[1].abs().sum() > 0 and fed[2].abs().sum() > 0
+    assert seen["reference"][1].abs().sum() == 0 and seen["reference"][0].abs().sum() > 0
+    assert torch.equal(seen["keep"], keep.context)
+    assert not torch.allclose(seen["embeds"][0], torch.zeros_like(seen["embeds"][0]))  # DINOv2 of a zero input

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from imagpose.grid import CELLS
-from imagpose.training import layout_from_roles, min_snr_weights, random_cell_roles, widen_conv_in
+from imagpose.training import condition_dropout, layout_from_roles, min_snr_weights, random_cell_roles, widen_conv_in
 from trainer import data as data_lib
-from trainer.config import ConfigError, load_config
+from trainer.config import ConfigError, load_config, resolve_batch
 from trainer.data import DataError, GroupDataset, PoseRule, SampleAugmentation, augment_pair, pick_images
 from trainer.loss import grid_inputs, make_noise_scheduler
 from trainer.testing import (POSE_TEMPLATE, mirrored_cells, one_intraop_thread, photos, write_dataset,
@@ -208,6 +208,7 @@ def test_stage_configs_follow_the_authors_recipe():
             0.9, 0.999, 1e-2, 1e-8)
         assert (train["max_grad_norm"], train["snr_gamma"], train["noise_offset"], train["uncond_ratio"]) == (
             1.0, 5.0, 0.05, 0.1)
+        assert train["condition_dropout"] == "context" and config["model"]["image_encoder_positions"] == "bicubic-scale-factor"
         assert train["gradient_checkpointing"] is True
         assert config["noise_scheduler"]["beta_schedule"] == "scaled_linear"
         lrs[stage] = (train["learning_rate"], train["max_steps"])
@@ -221,9 +222,10 @@ def test_deepspeed_accelerate_config_matches_stage_configs():
     assert launch.distributed_type == "DEEPSPEED"
     deepspeed = launch.deepspeed_config
     assert deepspeed["zero_stage"] == 2
-    stage1 = load_config(CONFIGS / "stage1.yaml")["train"]
-    assert deepspeed["gradient_clipping"] == stage1["max_grad_norm"]
-    assert deepspeed["gradient_accumulation_steps"] == stage1["gradient_accumulation_steps"]
+    stage1 = load_config(CONFIGS / "stage1.yaml")
+    assert deepspeed["gradient_clipping"] == stage1["train"]["max_grad_norm"]
+    # the paper's global batch on the file's 8 GPUs needs no accumulation, which is what DeepSpeed is told
+    assert (deepspeed["gradient_accumulation_steps"], None) == resolve_batch(stage1, launch.num_processes)
     assert load_config_from_file(str(CONFIGS / "accelerate_multi_gpu.yaml")).distributed_type == "MULTI_GPU"
 
 
@@ -237,3 +239,54 @@ def test_config_refuses_unknown_keys_and_reads_overrides():
         load_config(CONFIGS / "stage1.yaml", ["data.pose_replace=[a, b]"])
     with pytest.raises(ConfigError, match="init_checkpoint"):
         load_config(CONFIGS / "stage2.yaml", ["model.init_checkpoint=null"])
+
+
+def dropout_shares(mode, stage, draws=5000, batch=4, ratio=0.1):
+    """Share of samples with (pixels only, reference only, both, whole context) dropped, and per-step counts."""
+    generator = torch.Generator().manual_seed(0)
+    keeps = [condition_dropout(mode, stage, batch, ratio, generator) for _ in range(draws)]
+    pixels = torch.cat([k.pixels for k in keeps]) == 0
+    reference = torch.cat([k.reference for k in keeps]) == 0
+    context = torch.cat([k.context for k in keeps]) == 0
+    shares = {"pixels only": (pixels & ~reference).float().mean().item(),
+              "reference only": (reference & ~pixels).float().mean().item(),
+              "both": (pixels & reference).float().mean().item(), "context": context.float().mean().item()}
+    per_step = {int((k.pixels == 0).sum()) for k in keeps}
+    return shares, per_step
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2", "end2end"])
+def test_condition_dropout_rates(stage):
+    shares, _ = dropout_shares("context", stage)  # the nodes' negative: the whole context, 10 % of samples
+    assert abs(shares["context"] - 0.10) < 0.01 and shares["pixels only"] == shares["reference only"] == 0
+    shares, per_step = dropout_shares("authors", stage)
+    assert shares["context"] == 0
+    if stage == "stage1":  # the DINOv2 pixels of the whole batch on 10 % of the steps
+        assert per_step == {0, 4} and abs(shares["pixels only"] - 0.10) < 0.015
+        assert shares["reference only"] == shares["both"] == 0
+    else:  # per sample: DINOv2 pixels, reference latents, or both, 5 % each
+        for kind in ("pixels only", "reference only", "both"):
+            assert abs(shares[kind] - 0.05) < 0.008, (kind, shares)
+        assert len(per_step) > 2
+    with pytest.raises(ValueError, match="condition dropout"):
+        condition_dropout("pixels", stage, 4, 0.1)
+
+
+def batch_config(stage="stage1", batch=2, global_batch=None, accumulation=None):
+    return {"stage": stage, "data": {"batch_size": batch},
+            "train": {"global_batch": global_batch, "gradient_accumulation_steps": accumulation}}
+
+
+def test_global_batch_keeps_the_papers_batch_on_fewer_gpus():
+    assert resolve_batch(batch_config(global_batch=16), processes=8) == (1, None)
+    assert resolve_batch(batch_config(global_batch=16), processes=1) == (8, None)
+    assert resolve_batch(batch_config("stage2", batch=4, global_batch=32), processes=2) == (4, None)
+    accumulation, warning = resolve_batch(batch_config(), processes=1)  # no global batch: says how far off it is
+    assert accumulation == 1 and "GLOBAL BATCH 2" in warning and "paper's 16" in warning
+    assert "paper's 8" in resolve_batch(batch_config("end2end", batch=1, global_batch=4), processes=1)[1]
+    with pytest.raises(ConfigError, match="not a multiple"):
+        resolve_batch(batch_config(batch=3, global_batch=16), processes=1)
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps=2 but train.global_batch=16 needs 8"):
+        resolve_batch(batch_config(global_batch=16, accumulation=2), processes=1)
+    for stage, paper in (("stage1", 16), ("stage2", 32), ("end2end", 8)):
+        assert load_config(CONFIGS / f"{stage}.yaml")["train"]["global_batch"] == paper

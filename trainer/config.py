@@ -10,7 +10,12 @@ from typing import Any
 
 import yaml
 
+from imagpose.image_encoder import POSITION_METHODS
+from imagpose.training import CONDITION_DROPOUTS
+
 STAGES = ("stage1", "stage2", "end2end")
+OPTIMIZERS = ("adamw", "adamw8bit")
+PAPER_GLOBAL_BATCH = {"stage1": 16, "stage2": 32, "end2end": 8}  # 8 GPUs x 2 / 4 / 1 per GPU (authors' configs)
 
 DEFAULTS: dict[str, Any] = {
     "stage": "stage1",
@@ -25,6 +30,9 @@ DEFAULTS: dict[str, Any] = {
         "motion_module": None,
         "vae": None,  # diffusers AutoencoderKL folder, e.g. sd-vae-ft-mse
         "image_encoder": None,  # transformers Dinov2Model folder (or one .safetensors file), e.g. dinov2-base
+        # how DINOv2's position table is resampled to the 224 px grid (imagpose.image_encoder.POSITION_METHODS);
+        # recorded in the pack file so the nodes use the same
+        "image_encoder_positions": "bicubic-scale-factor",
         "pose_guider_channels": [16, 32, 96, 256],
         "patch_size": 16,
         "cva": {"heads": 8, "blocks": 1, "attentions": 2, "max_len": 32},
@@ -52,13 +60,24 @@ DEFAULTS: dict[str, Any] = {
         "adam_weight_decay": 1.0e-2,
         "adam_epsilon": 1.0e-8,
         "max_grad_norm": 1.0,
-        "gradient_accumulation_steps": 1,
+        # samples per optimisation step over all processes = data.batch_size x processes x accumulation steps.
+        # With global_batch set, the accumulation is derived from it (fewer GPUs keep the paper's batch); null:
+        # gradient_accumulation_steps as given (default 1) and a warning at start when that deviates from the paper
+        "global_batch": None,
+        "gradient_accumulation_steps": None,
+        "optimizer": "adamw",  # "adamw" (torch) or "adamw8bit" (bitsandbytes, CUDA GPUs only)
+        "ema": False,  # keep an exponential moving average of the trained weights (diffusers' EMAModel)
+        "ema_decay": 0.9999,
         "gradient_checkpointing": True,
         "mixed_precision": None,  # None: whatever `accelerate launch` / its config says; "no" | "fp16" | "bf16"
         "allow_tf32": True,
         "snr_gamma": 5.0,  # 0 disables min-SNR weighting
         "noise_offset": 0.05,
         "uncond_ratio": 0.1,
+        # "context": the whole FLC context zeroed per sample (the nodes' negative); "authors": stage 1 zeroes the
+        # DINOv2 pixels of a ratio of the steps, stages 2/end2end the DINOv2 pixels, the reference latents or both
+        # per sample (ratio / 2 each), as the authors' scripts (imagpose.training.condition_dropout)
+        "condition_dropout": "context",
         "checkpointing_steps": 5000,
         "checkpoints_keep": 3,  # None keeps every checkpoint
         "save_initial": False,  # also write checkpoint-0: the weights training starts from
@@ -146,5 +165,47 @@ def validate(config: dict) -> None:
         raise ConfigError(f"train.uncond_ratio must be in [0, 1), got {train['uncond_ratio']}")
     if train["mixed_precision"] not in (None, "no", "fp16", "bf16"):
         raise ConfigError(f"train.mixed_precision must be null, 'no', 'fp16' or 'bf16', got {train['mixed_precision']!r}")
+    if train["condition_dropout"] not in CONDITION_DROPOUTS:
+        raise ConfigError(f"train.condition_dropout must be one of {', '.join(CONDITION_DROPOUTS)}, "
+                          f"got {train['condition_dropout']!r}")
+    if model["image_encoder_positions"] not in POSITION_METHODS:
+        raise ConfigError(f"model.image_encoder_positions must be one of {', '.join(POSITION_METHODS)}, "
+                          f"got {model['image_encoder_positions']!r}")
+    if train["optimizer"] not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {train['optimizer']!r}")
+    accumulation = train["gradient_accumulation_steps"]
+    if accumulation is not None and (not isinstance(accumulation, int) or accumulation < 1):
+        raise ConfigError(f"train.gradient_accumulation_steps must be a positive integer or null, got {accumulation!r}")
+    if train["global_batch"] is not None and (not isinstance(train["global_batch"], int) or train["global_batch"] < 1):
+        raise ConfigError(f"train.global_batch must be a positive number of samples or null, got {train['global_batch']!r}")
+    if not 0.0 < train["ema_decay"] < 1.0:
+        raise ConfigError(f"train.ema_decay must be in (0, 1), got {train['ema_decay']}")
     if train["snr_gamma"] < 0:
         raise ConfigError(f"train.snr_gamma must be >= 0 (0 disables it), got {train['snr_gamma']}")
+
+
+def resolve_batch(config: dict, processes: int) -> tuple[int, str | None]:
+    """(gradient accumulation steps, warning or None) for this many processes.
+
+    With train.global_batch: the accumulation that reaches it exactly (a ConfigError when none does, or when an
+    explicit gradient_accumulation_steps disagrees). The warning states any deviation from the paper's batch.
+    """
+    train, batch = config["train"], config["data"]["batch_size"]
+    wanted, accumulation = train["global_batch"], train["gradient_accumulation_steps"]
+    if wanted is not None:
+        per_step = batch * processes
+        if wanted % per_step:
+            raise ConfigError(f"train.global_batch={wanted} is not a multiple of data.batch_size x processes = "
+                              f"{batch} x {processes} = {per_step}; change one of them")
+        if accumulation is not None and accumulation != wanted // per_step:
+            raise ConfigError(f"train.gradient_accumulation_steps={accumulation} but train.global_batch={wanted} needs "
+                              f"{wanted // per_step} with {processes} process(es) x batch {batch}; set one of them")
+        accumulation = wanted // per_step
+    accumulation = accumulation or 1
+    effective, paper = batch * processes * accumulation, PAPER_GLOBAL_BATCH[config["stage"]]
+    warning = None
+    if effective != paper:
+        warning = (f"GLOBAL BATCH {effective} (data.batch_size {batch} x {processes} process(es) x {accumulation} "
+                   f"accumulation steps) differs from the paper's {paper} for {config['stage']}: the learning rate and "
+                   f"step counts were tuned for {paper}; set train.global_batch={paper} to accumulate gradients")
+    return accumulation, warning

@@ -21,6 +21,8 @@ from imagpose.pose_guider import PoseGuider
 from imagpose.training import widen_conv_in
 from imagpose.unet import IN_CHANNELS, MOTION_KEY, IMAGPoseUNet, unet_config_from_state_dict
 
+from . import export
+
 logger = logging.getLogger(__name__)
 
 # base-UNet settings the IMAGPose loaders cannot read from tensor shapes: they must have these values
@@ -88,16 +90,11 @@ def _plain(value):
 
 
 def trained_model(checkpoint: str | os.PathLike) -> IMAGPoseModel:
-    """A model from a trainer checkpoint-N folder (its pack file), a pack file, or authors' files."""
+    """A model from a trainer checkpoint-N folder (its EMA weights when it has them, as the stage's pack file), a
+    pack file, or the authors' files."""
     path = Path(checkpoint)
-    if path.is_dir():
-        packs = sorted(path.glob("imagpose-*.safetensors"))
-        if packs:
-            path = packs[-1]
-        elif (path / "authors").is_dir():
-            path = path / "authors"
     try:
-        model = build_model(load_weights(path))
+        model = build_model(export.model_weights(path) if export.is_checkpoint(path) else load_weights(path))
     except CheckpointError as error:
         raise SetupError(f"model.init_checkpoint: {error}") from error
     with torch.no_grad():  # own memory: the loader may map the file, which must never be written through
@@ -150,7 +147,8 @@ def set_trainable(model: IMAGPoseModel, stage: str) -> list[nn.Parameter]:
 class TrainingNet(nn.Module):
     """The trained modules behind one forward (what accelerate wraps: DDP and DeepSpeed see every use).
 
-    `keep` (B,) zeroes the whole FLC context of dropped samples: exactly the nodes' negative conditioning.
+    `keep` (B,) zeroes the whole FLC context of dropped samples: exactly the nodes' negative conditioning
+    (condition dropout 'context'; 'authors' drops pixels/latents before this and keeps 1 here).
     """
 
     def __init__(self, model: IMAGPoseModel, use_cva: bool, attention: AttentionFunction = sdpa_attention):
@@ -184,15 +182,16 @@ def vae_downscale(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def load_image_encoder(path: str | os.PathLike):
+def load_image_encoder(path: str | os.PathLike, positions: str = image_encoder_lib.AUTHORS_POSITIONS):
+    """The same DINOv2Encoder the nodes load (position table resampled by `positions`), frozen."""
     path = Path(path)
     if not path.exists():
         raise SetupError(f"model.image_encoder: {path} not found: expected a transformers Dinov2Model folder "
                          "(config.json + model.safetensors, e.g. dinov2-base) or one .safetensors file")
     try:
-        encoder = image_encoder_lib.load_dinov2(path)
+        encoder = image_encoder_lib.load_dinov2(path, positions)
     except (image_encoder_lib.ImageEncoderError, OSError) as error:
-        raise SetupError(f"model.image_encoder: {error}") from error
+        raise SetupError(f"model.image_encoder: {path}: {error}") from error
     return encoder.requires_grad_(False).eval()
 
 

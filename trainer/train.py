@@ -4,12 +4,12 @@
     accelerate launch [--config_file trainer/configs/accelerate_deepspeed_zero2.yaml] \
         -m trainer.train --config trainer/configs/stage1.yaml
 
-Writes OUTPUT_DIR/checkpoint-N/ (atomically: built as .checkpoint-N.partial, then renamed):
-    imagpose-STAGE-N.safetensors   the pack file the ComfyUI loader reads (models/imagpose/)
-    authors/denoising_unet-N.pth, pose_guider-N.pth, patch-N.pth   the authors' format
-    state/                         accelerate state (optimizer, scheduler, RNG) for train.resume
+Writes OUTPUT_DIR/checkpoint-N/ (atomically: built as .checkpoint-N.partial, then renamed), the weights once:
+    state/                         accelerate state (model, optimizer, scheduler, RNG) for train.resume
+    ema.safetensors                with train.ema: the moving average of the trained weights
     trainer_state.json
-and OUTPUT_DIR/metrics.jsonl (one line per optimisation step on the main process).
+OUTPUT_DIR/imagpose-STAGE-N.safetensors at the last step (the pack file the ComfyUI loader reads; any checkpoint
+gives one with `python -m trainer.export`), and OUTPUT_DIR/metrics.jsonl (one line per optimisation step).
 """
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from imagpose.checkpoints import save_authors_format, save_pack
+from imagpose.checkpoints import pack_config
 
-from .config import ConfigError, load_config
+from . import export
+from .config import ConfigError, load_config, resolve_batch
 from .data import DataError, GroupDataset
 from .loss import make_noise_scheduler, training_loss
 from .models import (SetupError, TrainingNet, check_compatible, load_image_encoder,
@@ -62,7 +63,34 @@ def checkpoints_in(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
-def save_checkpoint(accelerator, net, config: dict, step: int) -> Path:
+def trained_names(model) -> list[str]:
+    """Names (pack keys) of the trained parameters, in the order of the optimizer's and EMA's parameter list."""
+    return [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+
+
+def ema_state(ema, names: list[str]) -> dict[str, torch.Tensor]:
+    return dict(zip(names, ema.shadow_params, strict=True))
+
+
+def save_ema(ema, names: list[str], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in ema_state(ema, names).items()}
+    save_file(tensors, str(path), metadata={"optimization_step": str(ema.optimization_step), "decay": str(ema.decay)})
+
+
+def load_ema(ema, names: list[str], path: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        step = int((handle.metadata() or {}).get("optimization_step", 0))
+        shadow = [handle.get_tensor(name) for name in names]
+    state = ema.state_dict()
+    state.update(shadow_params=shadow, optimization_step=step)
+    ema.load_state_dict(state)
+
+
+def save_checkpoint(accelerator, net, config: dict, step: int, ema=None) -> Path:
     """Write checkpoint-N atomically; every process must call this (accelerate's state saving is collective)."""
     output_dir = Path(config["output_dir"])
     final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
@@ -71,14 +99,14 @@ def save_checkpoint(accelerator, net, config: dict, step: int) -> Path:
         shutil.rmtree(temp, ignore_errors=True)
         temp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temp / "state"))
+    accelerator.save_state(str(temp / export.STATE_DIR))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(net).model
-        save_authors_format(model, temp / "authors", step)
-        save_pack(model, temp / f"imagpose-{config['stage']}-{step}.safetensors",
-                  {"stage": config["stage"], "step": str(step)})
-        (temp / "trainer_state.json").write_text(json.dumps({"step": step, "config": config}, indent=2))
+        if ema is not None:
+            save_ema(ema, trained_names(model), temp / export.EMA_FILE)
+        state = {"step": step, "config": config, "pack_config": pack_config(model)}
+        (temp / export.TRAINER_STATE).write_text(json.dumps(state, indent=2, default=list))
         if final.exists():  # the same step written again (a re-run): replace it whole
             old = output_dir / f".{CHECKPOINT_PREFIX}{step}.old"
             shutil.rmtree(old, ignore_errors=True)
@@ -95,6 +123,21 @@ def save_checkpoint(accelerator, net, config: dict, step: int) -> Path:
     return final
 
 
+def write_stage_pack(run: "Run") -> Path | None:
+    """OUTPUT_DIR/imagpose-STAGE-N.safetensors from the weights in memory (the EMA ones with train.ema), on the
+    main process: the file to copy into ComfyUI's models/imagpose/."""
+    if not run.accelerator.is_main_process:
+        return None
+    model = run.accelerator.unwrap_model(run.net).model
+    tensors, weights = model.state_dict(), "trained"
+    if run.ema is not None:
+        tensors = {**tensors, **{k: v.to(tensors[k].dtype) for k, v in ema_state(run.ema, trained_names(model)).items()}}
+        weights = "ema"
+    path = Path(run.config["output_dir"]) / f"imagpose-{run.config['stage']}-{run.step}.safetensors"
+    return export.write(tensors, {"step": run.step, "config": run.config, "pack_config": pack_config(model),
+                                  "exported_weights": weights}, path)
+
+
 def resume_path(config: dict) -> Path | None:
     resume = config["train"]["resume"]
     if not resume:
@@ -105,8 +148,9 @@ def resume_path(config: dict) -> Path | None:
             logger.info("train.resume=latest: no checkpoint in %s yet, starting from step 0", config["output_dir"])
         return found[-1] if found else None
     path = Path(resume)
-    if not (path / "state").is_dir() or not (path / "trainer_state.json").is_file():
-        raise ConfigError(f"train.resume: {path} is not a trainer checkpoint folder (state/ and trainer_state.json)")
+    if not export.is_checkpoint(path):
+        raise ConfigError(f"train.resume: {path} is not a trainer checkpoint folder ({export.STATE_DIR}/ and "
+                          f"{export.TRAINER_STATE})")
     return path
 
 
@@ -139,17 +183,19 @@ class Run:
     encoder: object
     downscale: int
     model_dtype: torch.dtype
+    ema: object | None = None  # diffusers EMAModel over `trainable` (train.ema)
     step: int = 0
 
 
 def setup(config: dict) -> Run:
     """Accelerator, frozen encoders, the stage's model, data, optimizer; state restored when resuming."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
 
     train_cfg = config["train"]
     output_dir = Path(config["output_dir"])
+    train_cfg["gradient_accumulation_steps"], batch_warning = resolve_batch(config, PartialState().num_processes)
     accelerator = Accelerator(
         gradient_accumulation_steps=train_cfg["gradient_accumulation_steps"],
         mixed_precision=train_cfg["mixed_precision"],
@@ -158,6 +204,11 @@ def setup(config: dict) -> Run:
     )
     check_deepspeed(accelerator, train_cfg)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if batch_warning and accelerator.is_main_process:
+        logger.warning(batch_warning)
+    if train_cfg["optimizer"] == "adamw8bit" and accelerator.device.type != "cuda":
+        raise ConfigError(f"train.optimizer=adamw8bit needs a CUDA GPU (bitsandbytes' 8-bit AdamW); this run is on "
+                          f"{accelerator.device.type}: use train.optimizer=adamw")
     if config["seed"] is not None:
         set_seed(config["seed"], device_specific=True)
     if train_cfg["allow_tf32"] and torch.cuda.is_available():
@@ -169,7 +220,8 @@ def setup(config: dict) -> Run:
 
     frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     vae = load_vae(config["model"]["vae"]).to(accelerator.device)
-    encoder = load_image_encoder(config["model"]["image_encoder"]).to(accelerator.device)
+    encoder = load_image_encoder(config["model"]["image_encoder"],
+                                 config["model"]["image_encoder_positions"]).to(accelerator.device)
     if frozen_dtype != torch.float32:
         vae, encoder = vae.to(dtype=frozen_dtype), encoder.to(dtype=frozen_dtype)
     model = build_model(config)
@@ -189,28 +241,53 @@ def setup(config: dict) -> Run:
     learning_rate = train_cfg["learning_rate"]
     if train_cfg["scale_lr"]:
         learning_rate *= train_cfg["gradient_accumulation_steps"] * config["data"]["batch_size"] * accelerator.num_processes
-    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, betas=(train_cfg["adam_beta1"], train_cfg["adam_beta2"]),
-                                  weight_decay=train_cfg["adam_weight_decay"], eps=train_cfg["adam_epsilon"])
+    optimizer = optimizer_class(train_cfg["optimizer"])(
+        trainable, lr=learning_rate, betas=(train_cfg["adam_beta1"], train_cfg["adam_beta2"]),
+        weight_decay=train_cfg["adam_weight_decay"], eps=train_cfg["adam_epsilon"])
+    ema = None
+    if train_cfg["ema"]:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(trainable, decay=train_cfg["ema_decay"])
+        ema.to(accelerator.device)
     lr_scheduler = get_scheduler(train_cfg["lr_scheduler"], optimizer=optimizer,
                                  num_warmup_steps=train_cfg["lr_warmup_steps"] * accelerator.num_processes,
                                  num_training_steps=train_cfg["max_steps"] * accelerator.num_processes)
     net, optimizer, loader, lr_scheduler = accelerator.prepare(net, optimizer, loader, lr_scheduler)
     run = Run(config, accelerator, net, trainable, optimizer, lr_scheduler, loader,
               make_noise_scheduler(config["noise_scheduler"]), vae, encoder, vae_downscale(vae),
-              next(accelerator.unwrap_model(net).parameters()).dtype)  # fp16 under DeepSpeed fp16, else fp32
+              next(accelerator.unwrap_model(net).parameters()).dtype, ema)  # fp16 under DeepSpeed fp16, else fp32
 
     resume = resume_path(config)
     if resume is not None:
-        accelerator.load_state(str(resume / "state"))
-        run.step = json.loads((resume / "trainer_state.json").read_text())["step"]
+        accelerator.load_state(str(resume / export.STATE_DIR))
+        run.step = json.loads((resume / export.TRAINER_STATE).read_text())["step"]
+        if ema is not None:
+            if not (resume / export.EMA_FILE).is_file():
+                raise ConfigError(f"train.ema is on but {resume} holds no {export.EMA_FILE} (that run had it off)")
+            load_ema(ema, trained_names(model), resume / export.EMA_FILE)
         logger.info("resumed from %s at step %d", resume, run.step)
     if accelerator.is_main_process:
         if train_cfg["report_to"]:
             accelerator.init_trackers(f"imagpose-{config['stage']}", config={"stage": config["stage"]})
-        logger.info("%s: %d trainable tensors (%.1fM values), %d groups, %d process(es), mixed precision %s",
-                    config["stage"], len(trainable), sum(p.numel() for p in trainable) / 1e6, len(dataset),
-                    accelerator.num_processes, accelerator.mixed_precision)
+        logger.info("%s: %d trainable tensors (%.1fM values), %d groups, %d process(es) x batch %d x %d accumulation "
+                    "steps = %d samples per step, mixed precision %s, optimizer %s%s", config["stage"], len(trainable),
+                    sum(p.numel() for p in trainable) / 1e6, len(dataset), accelerator.num_processes,
+                    config["data"]["batch_size"], train_cfg["gradient_accumulation_steps"],
+                    accelerator.num_processes * config["data"]["batch_size"] * train_cfg["gradient_accumulation_steps"],
+                    accelerator.mixed_precision, train_cfg["optimizer"], ", EMA" if ema is not None else "")
     return run
+
+
+def optimizer_class(name: str):
+    """torch's AdamW, or bitsandbytes' 8-bit AdamW (same arguments)."""
+    if name == "adamw":
+        return torch.optim.AdamW
+    try:
+        import bitsandbytes
+    except ImportError as error:
+        raise ConfigError(f"train.optimizer={name} needs bitsandbytes: pip install bitsandbytes ({error})") from error
+    return bitsandbytes.optim.AdamW8bit
 
 
 class MetricsWriter:
@@ -241,13 +318,13 @@ def loop(run: Run) -> dict:
     metrics = MetricsWriter(run)
     last_loss, written = math.nan, []
     if train_cfg["save_initial"] and run.step == 0:
-        written.append(save_checkpoint(accelerator, run.net, config, 0))
+        written.append(save_checkpoint(accelerator, run.net, config, 0, run.ema))
     accumulated = 0.0
     while run.step < train_cfg["max_steps"]:
         for batch in run.loader:
             with accelerator.accumulate(run.net):
                 loss, _ = training_loss(run.net, batch, run.vae, run.encoder, run.noise_scheduler, train_cfg,
-                                        run.downscale, run.model_dtype)
+                                        run.downscale, config["stage"], run.model_dtype)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and train_cfg["max_grad_norm"]:
                     accelerator.clip_grad_norm_(run.trainable, train_cfg["max_grad_norm"])
@@ -258,19 +335,22 @@ def loop(run: Run) -> dict:
             if not accelerator.sync_gradients:
                 continue
             run.step += 1
+            if run.ema is not None:
+                run.ema.step(run.trainable)
             last_loss = accumulated / train_cfg["gradient_accumulation_steps"]
             accumulated = 0.0
             if not math.isfinite(last_loss):
                 raise FloatingPointError(f"loss became {last_loss} at step {run.step}")
             metrics.write(run.step, last_loss)
             if run.step % train_cfg["checkpointing_steps"] == 0 or run.step == train_cfg["max_steps"]:
-                written.append(save_checkpoint(accelerator, run.net, config, run.step))
+                written.append(save_checkpoint(accelerator, run.net, config, run.step, run.ema))
             if run.step >= train_cfg["max_steps"]:
                 break
+    pack = write_stage_pack(run)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return {"step": run.step, "loss": last_loss, "checkpoints": [str(p) for p in written],
-            "seconds": time.time() - metrics.started}
+            "pack": str(pack) if pack else None, "seconds": time.time() - metrics.started}
 
 
 def train(config: dict) -> dict:

@@ -13,7 +13,7 @@ import comfy.model_management
 import node_helpers
 
 from .. import grid
-from ..image_encoder import encode as encode_image
+from ..image_encoder import AUTHORS_POSITIONS
 from ..imaging import fit_to_cell, resized_size
 from ..model import LATENT_SCALE, flc_context
 from ..patch_embed import PatchEmbedding
@@ -30,9 +30,11 @@ ILC_MULTIPLE = 64  # the grid latent must split evenly down to the UNet's lowest
 
 @dataclass
 class IMAGPoseBundle:
-    """What the loader hands to the FLC node besides the MODEL: the patch embedder of the loaded model."""
+    """What the loader hands to the FLC node besides the MODEL: the patch embedder of the loaded model and the
+    DINOv2 position resampling it was trained with."""
 
     patch_embed: PatchEmbedding
+    image_encoder_positions: str = AUTHORS_POSITIONS
 
     @torch.no_grad()
     def context(self, image_embeds: torch.Tensor, reference_latents: torch.Tensor) -> torch.Tensor:
@@ -117,11 +119,11 @@ def flc_conditioning(encoder, bundle: IMAGPoseBundle, vae, sources: torch.Tensor
     check_vae(vae)
     check_vae_memory(vae, picked.shape[0], height, width, "cells the VAE can encode")
     cells = fit_cells("source_images", picked, height, width, fit, PHOTO_PAD)
-    tokens = encoder.encode(cells)
     width_expected = bundle.patch_embed.config["embed_dim"]
-    if tokens.shape[-1] != width_expected:
+    if encoder.width != width_expected:
         raise InputError("image_encoder", f"tokens {width_expected} wide, as this IMAGPose model takes (e.g. "
-                         "DINOv2-base for the released setting)", f"an encoder whose tokens are {tokens.shape[-1]} wide")
+                         "DINOv2-base for the released setting)", f"an encoder whose tokens are {encoder.width} wide")
+    tokens = encoder.encode(cells, bundle.image_encoder_positions)
     per_source = bundle.context(tokens, encode_latent(vae, cells) * LATENT_SCALE)  # (N, tokens, width)
     context = per_source.reshape(1, -1, per_source.shape[-1])  # all sources' tokens side by side
     options = {CELL_KEY: (height, width, fit)}

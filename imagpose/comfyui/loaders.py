@@ -4,16 +4,16 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-import comfy.model_management
 from safetensors import SafetensorError
 
 from .. import file_kinds, image_encoder
-from ..checkpoints import CheckpointError, build_model, load_weights
+from ..checkpoints import POSITIONS_KEY, CheckpointError, build_model, load_weights
 from ..models import DINOV2_FOLDER, FetchError
 from . import fetching, files
 from .conditioning import IMAGPoseBundle
 from .errors import InputError, is_out_of_memory
 from .files import FOLDER, dwpose_model_dirs, resolve
+from .image_encoder import ImageEncoder
 from .model_patch import build_model_patcher
 
 NONE, AUTO = "none", "auto"
@@ -28,8 +28,9 @@ EXPECTED_PART = {
     "pose_guider": "an authors' pose_guider-N.pth (or a pack file) under models/imagpose/",
     "patch_embed": "an authors' patch-N.pth (or a pack file) under models/imagpose/",
 }
-EXPECTED_ENCODER = ("a DINOv2 model: a transformers folder (config.json + model.safetensors, e.g. dinov2-base) or one "
-                    ".safetensors file, in models/imagpose/ or models/clip_vision/ (`python -m imagpose.models fetch "
+EXPECTED_ENCODER = ("a DINOv2 model whose weights cover it exactly: a transformers folder (config.json + "
+                    "model.safetensors, e.g. dinov2-base) or one .safetensors file, in models/imagpose/ or "
+                    "models/clip_vision/ (`python -m imagpose.models fetch "
                     f"dinov2` puts facebook/dinov2-base in models/imagpose/{DINOV2_FOLDER}; so does ComfyUI started "
                     f"with {fetching.OPT_IN}=1)")
 
@@ -59,28 +60,19 @@ def load_imagpose(checkpoint: str, motion_module: str, pose_guider: str, patch_e
               "patch_embed": patch_embed}
     paths = imagpose_files(checkpoint, motion_module, pose_guider, patch_embed)
     try:
-        model = build_model(load_weights(paths["checkpoint"], motion_module=paths.get("motion_module"),
-                                         pose_guider=paths.get("pose_guider"), patch_embed=paths.get("patch_embed")))
+        weights = load_weights(paths["checkpoint"], motion_module=paths.get("motion_module"),
+                               pose_guider=paths.get("pose_guider"), patch_embed=paths.get("patch_embed"))
+        model = build_model(weights)
     except CheckpointError as error:
         # the widget whose file failed; folder-level and weight-fit problems belong to the checkpoint
         widget = next((w for w, p in paths.items() if w != "checkpoint" and p == error.path), "checkpoint")
         raise InputError(widget, EXPECTED_PART[widget], f"{chosen[widget]!r}: {error}") from error
-    return build_model_patcher(model), IMAGPoseBundle(patch_embed=model.patch_embed)
-
-
-class ImageEncoder:
-    """DINOv2 kept on the offload device and moved to the compute device only while encoding."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def encode(self, images):
-        device = comfy.model_management.get_torch_device()
-        self.model.to(device)
-        try:
-            return image_encoder.encode(self.model, images)
-        finally:
-            self.model.to(comfy.model_management.text_encoder_offload_device())
+    # the DINOv2 position resampling the model was trained with (the authors' when a file does not say)
+    positions = weights.image_encoder_positions or image_encoder.AUTHORS_POSITIONS
+    if positions not in image_encoder.POSITION_METHODS:
+        raise InputError("checkpoint", f"a pack file whose {POSITIONS_KEY} is one of "
+                         f"{', '.join(image_encoder.POSITION_METHODS)}", f"{checkpoint!r} with {positions!r}")
+    return build_model_patcher(model), IMAGPoseBundle(patch_embed=model.patch_embed, image_encoder_positions=positions)
 
 
 def _encoder_path(name: str, fetch: bool = False) -> Path:
@@ -121,7 +113,7 @@ def check_image_encoder(name: str | None) -> None:
 def load_image_encoder(name: str) -> ImageEncoder:
     path = _encoder_path(name, fetch=True)
     try:
-        return ImageEncoder(image_encoder.load_dinov2(path))
+        return ImageEncoder(image_encoder.load_dinov2(path))  # the table is resampled again if a model asks
     # transformers' own errors too: unreadable or mismatched weights, pickles refused by torch.load(weights_only=True)
     except (image_encoder.ImageEncoderError, pickle.UnpicklingError, SafetensorError, OSError, RuntimeError,
             ValueError) as error:
