@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .imagpose.comfyui import conditioning, files, loaders
+from .imagpose.comfyui import conditioning, files, loaders, sampling
 from .imagpose.comfyui.errors import imagpose_node
 from .imagpose.comfyui.memory import MAX_CELL_SIDE
 from .imagpose.imaging import FIT_MODES
@@ -206,4 +206,29 @@ class IMAGPoseGridUnpack(io.ComfyNode):
         return io.NodeOutput(conditioning.unpack_images(images, layout, which))
 
 
-NODES = [IMAGPoseModelLoader, IMAGPoseImageEncoderLoader, IMAGPoseFLCEncode, IMAGPoseILCPack, IMAGPoseGridUnpack]
+@imagpose_node
+class IMAGPoseTrailingSigmas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IMAGPoseTrailingSigmas",
+            display_name="IMAGPose Trailing Sigmas",
+            category=CATEGORY,
+            description="The sigmas of the authors' DDIM sampling (trailing timestep spacing) for SamplerCustom / "
+                        "SamplerCustomAdvanced, at any step count. The KSampler's 'simple' scheduler gives the same "
+                        "only when the step count divides 1000 (e.g. 20, the paper's setting; not 30).",
+            inputs=[
+                io.Model.Input("model", tooltip="The IMAGPose model: its own noise schedule is used."),
+                io.Int.Input("steps", default=20, min=1, max=1000,
+                             tooltip="Sampling steps (the paper: 20)."),
+            ],
+            outputs=[io.Sigmas.Output("sigmas", display_name="sigmas", tooltip="For SamplerCustom's sigmas input.")],
+        )
+
+    @classmethod
+    def execute(cls, model, steps) -> io.NodeOutput:
+        return io.NodeOutput(sampling.trailing_sigmas(model, steps))
+
+
+NODES = [IMAGPoseModelLoader, IMAGPoseImageEncoderLoader, IMAGPoseFLCEncode, IMAGPoseILCPack, IMAGPoseGridUnpack,
+         IMAGPoseTrailingSigmas]

@@ -113,7 +113,7 @@ def main() -> int:
                         default=Path(os.environ.get("IMAGPOSE_MODELS", REPO / "models")),
                         help="models root with imagpose/ and vae/ (default: $IMAGPOSE_MODELS or <repo>/models)")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "demo", help="output folder (default: %(default)s)")
-    parser.add_argument("--steps", type=int, help="sampling steps (default 30 with trained weights, 10 with random)")
+    parser.add_argument("--steps", type=int, help="sampling steps (default 20 with trained weights, as the paper; 10 with random)")
     parser.add_argument("--size", help="cell WxH, multiples of 64 (default 512x768 trained, 128x192 random)")
     parser.add_argument("--gpu", action="store_true", help="let ComfyUI use a GPU (default: --cpu)")
     args = parser.parse_args()
@@ -129,7 +129,7 @@ def main() -> int:
         models_root = args.models.resolve()
         names = trained
         print(f"[demo] trained weights from {models_root}: {json.dumps(names)}")
-        steps, size = args.steps or 30, args.size or "512x768"
+        steps, size = args.steps or 20, args.size or "512x768"
     else:
         banner([
             "NO TRAINED IMAGPOSE WEIGHTS FOUND",

@@ -56,8 +56,9 @@ IMAGPose Pose Extract (see the workflow "{POSE_FROM_PHOTOS}")."""
 
 SETTINGS_NOTE = f"""RECOMMENDED SETTINGS
 
-KSampler: steps 30, cfg 2.0, sampler ddim (or euler), scheduler simple (= trailing spacing, as the authors'
-DDIM), denoise 1.0. The model runs v-prediction with zero terminal SNR; the loader sets that up.
+KSampler: steps 20 (the paper's), cfg 2.0, sampler ddim (or euler), scheduler simple, denoise 1.0. At 20
+steps "simple" is exactly the authors' DDIM (trailing) timesteps; for other step counts use SamplerCustom
+with "IMAGPose Trailing Sigmas". The model runs v-prediction with zero terminal SNR; the loader sets it up.
 
 Cell size: width {CELL_W}, height {CELL_H} (what IMAGPose was trained on; multiples of 64). Use the SAME width,
 height and fit on "IMAGPose FLC Encode" and "IMAGPose ILC Pack". The sampled grid is 2x2 cells.
@@ -221,7 +222,7 @@ def pipeline(g: Graph, sources: tuple[dict, str], targets: tuple[dict, str], slu
     flc = g.node("IMAGPoseFLCEncode", {"reference_index": 0, "use_all_sources": False,
                                        "width": CELL_W, "height": CELL_H, "fit": "pad"})
     ilc = g.node("IMAGPoseILCPack", {"width": CELL_W, "height": CELL_H, "fit": "pad", "source_pose_detector": "auto"})
-    sampler = g.node("KSampler", {"seed": 42, "steps": 30, "cfg": 2.0, "sampler_name": "ddim",
+    sampler = g.node("KSampler", {"seed": 42, "steps": 20, "cfg": 2.0, "sampler_name": "ddim",
                                   "scheduler": "simple", "denoise": 1.0})
     decode = g.node("VAEDecode")
     unpack = g.node("IMAGPoseGridUnpack", {"which": "targets"})

@@ -340,3 +340,54 @@ def test_flc_uses_the_dinov2_positions_the_pack_was_trained_with(parts, tiny_mod
     tokens = positive[0][0][:, : 1 + (224 // 14) ** 2]
     assert torch.allclose(tokens, encode(load_dinov2(paths["dinov2"], "bicubic-size"), cell), atol=1e-6)
     assert not torch.allclose(tokens, encode(load_dinov2(paths["dinov2"], AUTHORS_POSITIONS), cell), atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def imagpose_model(comfy_nodes):
+    return run_node(comfy_nodes, "IMAGPoseModelLoader", "tiny-imagpose.safetensors", "none", "auto", "auto")[0]
+
+
+@pytest.mark.parametrize("steps", [1, 7, 20, 30, 50, 1000])
+def test_trailing_sigmas_are_diffusers_ddim_trailing_timesteps(comfy_nodes, imagpose_model, steps):
+    from diffusers import DDIMScheduler
+
+    sigmas = run_node(comfy_nodes, "IMAGPoseTrailingSigmas", imagpose_model, steps)[0]
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                              beta_schedule="scaled_linear", timestep_spacing="trailing", rescale_betas_zero_snr=True,
+                              prediction_type="v_prediction")
+    scheduler.set_timesteps(steps)
+    sampling = imagpose_model.get_model_object("model_sampling")
+    assert sigmas.shape == (steps + 1,) and sigmas[-1] == 0 and bool((sigmas[:-1] > sigmas[1:]).all())
+    assert sampling.timestep(sigmas[:-1]).round().long().tolist() == scheduler.timesteps.tolist()
+    assert torch.equal(sigmas[:-1], sampling.sigmas[scheduler.timesteps].float())
+
+
+def test_simple_scheduler_is_trailing_only_when_the_steps_divide_1000(comfy_nodes, imagpose_model):
+    """The paper's 20 steps: `simple` is exactly trailing; 30: one timestep higher on every third step."""
+    import comfy.samplers
+
+    sampling = imagpose_model.get_model_object("model_sampling")
+    for steps in (20, 30):
+        simple = comfy.samplers.calculate_sigmas(sampling, "simple", steps)
+        trailing = run_node(comfy_nodes, "IMAGPoseTrailingSigmas", imagpose_model, steps)[0]
+        off = (sampling.timestep(simple[:-1]) - sampling.timestep(trailing[:-1])).round().long()
+        expected = torch.zeros(steps, dtype=torch.long)
+        if steps == 30:
+            expected[2::3] = 1  # steps 3, 6, ..., 30: 933 instead of 932, ..., 33 instead of 32
+        assert torch.equal(off, expected), (steps, off.tolist())
+
+
+def test_trailing_sigmas_drive_sampler_custom(parts, imagpose_model):
+    import comfy.sample
+    import comfy.samplers
+
+    nodes, vae, _, _, positive, negative = parts
+    positive, negative, latent, _ = run_node(nodes, "IMAGPoseILCPack", positive, negative, vae, images(1), images(1),
+                                             64, 64, "pad", "auto", source_poses=images(1))
+    sigmas = run_node(nodes, "IMAGPoseTrailingSigmas", imagpose_model, 2)[0]
+    noise = comfy.sample.prepare_noise(latent["samples"], 0)
+    out = comfy.sample.sample_custom(imagpose_model, noise, 2.0, comfy.samplers.sampler_object("ddim"), sigmas,
+                                     positive, negative, latent["samples"], seed=0, disable_pbar=True)
+    assert out.shape == latent["samples"].shape and torch.isfinite(out).all() and out.std() > 0
+    with pytest.raises(ValueError, match="^IMAGPose Trailing Sigmas: input 'steps': expected 1 to 1000 steps; got 0"):
+        run_node(nodes, "IMAGPoseTrailingSigmas", imagpose_model, 0)

@@ -60,14 +60,14 @@ def test_shipped_settings(path, object_info):
     """The files carry the recommended settings and consistent cell sizes."""
     prompt = ui_to_api(load_workflow(path), object_info)
     (sampler,) = [prompt[n]["inputs"] for n in nodes_of_type(prompt, "KSampler")]
-    assert (sampler["steps"], sampler["cfg"], sampler["scheduler"], sampler["denoise"]) == (30, 2.0, "simple", 1.0)
+    assert (sampler["steps"], sampler["cfg"], sampler["scheduler"], sampler["denoise"]) == (20, 2.0, "simple", 1.0)
     assert sampler["sampler_name"] in ("ddim", "euler")
     (flc,) = [prompt[n]["inputs"] for n in nodes_of_type(prompt, "IMAGPoseFLCEncode")]
     (ilc,) = [prompt[n]["inputs"] for n in nodes_of_type(prompt, "IMAGPoseILCPack")]
     assert (flc["width"], flc["height"], flc["fit"]) == (ilc["width"], ilc["height"], ilc["fit"]) == (512, 768, "pad")
     notes = [n for n in load_workflow(path)["nodes"] if n["type"] in ("Note", "MarkdownNote")]
     text = "\n".join(n["widgets_values"][0] for n in notes)
-    for needle in ("models/imagpose", "models/vae", "dinov2-base", "sd-vae-ft-mse", "cfg 2.0", "steps 30"):
+    for needle in ("models/imagpose", "models/vae", "dinov2-base", "sd-vae-ft-mse", "cfg 2.0", "steps 20"):
         assert needle in text, f"the Notes of {path.name} do not mention {needle!r}"
     thumbnail = path.with_suffix(".jpg")
     assert thumbnail.is_file(), f"{thumbnail.name} (thumbnail) is missing"
