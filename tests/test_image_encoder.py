@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from harness.encoders import write_wrong_encoders
 from imagpose import image_encoder
 from imagpose.image_encoder import (AUTHORS_POSITIONS, ENCODER_SIZE, ImageEncoderError, encode, load_dinov2,
                                     preprocess, resample_positions)
@@ -127,44 +128,9 @@ def test_single_file_in_any_key_layout_loads_without_links_or_temporary_folders(
             assert torch.equal(encode(load_dinov2(tmp_path / name), image), expected), name
 
 
-def write_clip_vision(folder: Path) -> Path:
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    torch.manual_seed(0)
-    config = CLIPVisionConfig(hidden_size=TINY_DINOV2["hidden_size"], intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=1, image_size=224, patch_size=14)
-    CLIPVisionModel(config).save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def wrong_encoders(tmp_path_factory, dinov2):
-    """name -> (path, what the refusal must say): everything issue #8 class 1 lists."""
-    root = tmp_path_factory.mktemp("wrong")
-    clip = write_clip_vision(root / "clip-vision")
-    state = load_file(str(dinov2 / "model.safetensors"))
-    save_file(load_file(str(clip / "model.safetensors")), str(root / "clip-vision.safetensors"))
-    config_only = root / "config-only"
-    config_only.mkdir()
-    (config_only / "config.json").write_text((dinov2 / "config.json").read_text())
-    mixed = root / "dinov2-config-clip-weights"
-    mixed.mkdir()
-    (mixed / "config.json").write_text((dinov2 / "config.json").read_text())
-    (mixed / "model.safetensors").write_bytes((clip / "model.safetensors").read_bytes())
-    data = (dinov2 / "model.safetensors").read_bytes()
-    (root / "truncated.safetensors").write_bytes(data[: len(data) // 2])
-    save_file({k: v for k, v in state.items() if ".layer.1.mlp.fc1." not in k}, str(root / "missing.safetensors"))
-    save_file({**state, "head.weight": torch.zeros(3, 64)}, str(root / "unexpected.safetensors"))
-    return {
-        "clip_folder": (clip, "clip-vision/config.json describes model_type 'clip_vision_model' (CLIPVisionModel), not DINOv2"),
-        "clip_file": (root / "clip-vision.safetensors", "clip-vision.safetensors is a CLIP/SigLIP-style vision model"),
-        "config_only": (config_only, "folder config-only holds a config.json but no weights"),
-        "clip_weights": (mixed, "dinov2-config-clip-weights: its tensors do not cover a DINOv2 ("),
-        "truncated": (root / "truncated.safetensors", "truncated.safetensors is not a readable safetensors file"),
-        "missing": (root / "missing.safetensors", "missing.safetensors: its tensors do not cover a DINOv2 (2 missing"),
-        "unexpected": (root / "unexpected.safetensors", "unexpected.safetensors: its tensors do not cover a DINOv2 "
-                                                        "(1 unexpected, e.g. head.weight)"),
-    }
+    return write_wrong_encoders(tmp_path_factory.mktemp("wrong"), dinov2)
 
 
 @pytest.mark.parametrize("case", ["clip_folder", "clip_file", "config_only", "clip_weights", "truncated", "missing",

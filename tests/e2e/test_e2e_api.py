@@ -21,6 +21,7 @@ CORE_NODES = {
     "IMAGPoseFLCEncode": ["positive", "negative"],
     "IMAGPoseILCPack": ["positive", "negative", "latent", "layout"],
     "IMAGPoseGridUnpack": ["images"],
+    "IMAGPoseTrailingSigmas": ["sigmas"],
 }
 POSE_NODES = {"IMAGPosePoseExtract", "IMAGPosePoseRender", "IMAGPosePoseRetarget"}
 
