@@ -114,9 +114,11 @@ def motion_file(setup):
 
 @pytest.fixture(scope="module")
 def stage2(setup, stage1, motion_file):
-    # global batch 4 with batch 2 on one process: 2 accumulation steps per optimisation step
-    return run(setup, "stage2", init=stage1 / "checkpoint-2", motion=motion_file[0], save_initial=True, max_steps=1,
-               global_batch=4)
+    # --global-batch 4 with batch 2 on one process: 2 accumulation steps per optimisation step
+    path, output_dir = write_config(setup, "stage2", init=stage1 / "checkpoint-2", motion=motion_file[0],
+                                    save_initial=True, max_steps=1)
+    assert train_lib.main(["--config", str(path), "--global-batch", "4"]) == 0
+    return output_dir
 
 
 def test_stage1_widens_conv_in_trains_unet_pose_guider_patch_and_leaves_cva(setup, stage1):

@@ -361,10 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="trainer/configs/stage1.yaml, stage2.yaml or end2end.yaml")
+    parser.add_argument("--global-batch", type=int, metavar="N",
+                        help="samples per optimisation step over all GPUs (= train.global_batch); the paper's: 16 "
+                             "(stage1), 32 (stage2), 8 (end2end); fewer GPUs accumulate gradients to reach it")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=1000 data.batch_size=4")
     args = parser.parse_args(argv)
+    overrides = [*args.overrides, *([f"train.global_batch={args.global_batch}"] if args.global_batch else [])]
     try:
-        summary = train(load_config(args.config, args.overrides))
+        summary = train(load_config(args.config, overrides))
     except (ConfigError, DataError, SetupError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
