@@ -76,26 +76,13 @@ def main() -> None:
 def run(nodes, pack, args) -> None:
     import comfy.sample
     import comfy.samplers
-    import comfy.sd
-    import comfy.utils
-    import folder_paths
+    from harness.imagpose_sampling import imagpose_conditioning
 
     from imagpose.checkpoints import build_model, load_weights
     from imagpose.model import LATENT_SCALE
     from imagpose.sampling import trailing_timesteps
 
-    def node(name, *inputs, **options):
-        return nodes.NODE_CLASS_MAPPINGS[name].execute(*inputs, **options).result
-
-    generator = torch.Generator().manual_seed(0)
-    source = torch.rand(1, 96, 64, 3, generator=generator)
-    poses = (torch.rand(4, 64, 64, 3, generator=generator) > 0.9).float()
-    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise("vae", "tiny-vae.safetensors")))
-    model, bundle = node("IMAGPoseModelLoader", pack.name, "none", "auto", "auto")
-    encoder = node("IMAGPoseImageEncoderLoader", "tiny-dinov2")[0]
-    positive, negative = node("IMAGPoseFLCEncode", encoder, bundle, vae, source, 0, False, 64, 64, "crop")
-    positive, negative, latent, _ = node("IMAGPoseILCPack", positive, negative, vae, source, poses[1:], 64, 64, "crop",
-                                         "auto", source_poses=poses[:1])
+    model, _, positive, negative, latent, _ = imagpose_conditioning(nodes, pack.name)
     context, options = positive[0]
     plain = build_model(load_weights(pack))
     conditioning = (options["concat_mask"], options["concat_latent_image"] * LATENT_SCALE,
@@ -111,7 +98,7 @@ def run(nodes, pack, args) -> None:
               + (f" ({'; '.join(off)})" if off else ""))
         ksampler = comfy.sample.sample(model, noise, steps, args.cfg, "ddim", "simple", positive, negative,
                                        latent["samples"], seed=args.seed, disable_pbar=True)
-        sigmas = node("IMAGPoseTrailingSigmas", model, steps)[0]
+        sigmas = nodes.NODE_CLASS_MAPPINGS["IMAGPoseTrailingSigmas"].execute(model, steps).result[0]
         custom = comfy.sample.sample_custom(model, noise, args.cfg, comfy.samplers.sampler_object("ddim"), sigmas,
                                             positive, negative, latent["samples"], seed=args.seed, disable_pbar=True)
         reference = authors_ddim(plain, steps, args.cfg, noise, *conditioning)

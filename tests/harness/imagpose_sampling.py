@@ -2,7 +2,8 @@
 import torch
 
 
-def sample_imagpose(nodes, keep_model: bool = False, transform_model=None):
+def imagpose_conditioning(nodes, checkpoint: str = "tiny-authors"):
+    """Model, VAE, positive, negative, empty latent and layout made by the pack's nodes (64 px cells)."""
     import comfy.sd
     import comfy.utils
     import folder_paths
@@ -14,14 +15,19 @@ def sample_imagpose(nodes, keep_model: bool = False, transform_model=None):
     source = torch.rand(1, 96, 64, 3, generator=generator)
     poses = (torch.rand(4, 64, 64, 3, generator=generator) > 0.9).float()
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise("vae", "tiny-vae.safetensors")))
-    model, bundle = run("IMAGPoseModelLoader", "tiny-authors", "none", "auto", "auto")
+    model, bundle = run("IMAGPoseModelLoader", checkpoint, "none", "auto", "auto")
     encoder = run("IMAGPoseImageEncoderLoader", "tiny-dinov2")[0]
     positive, negative = run("IMAGPoseFLCEncode", encoder, bundle, vae, source, 0, False, 64, 64, "crop")
     positive, negative, latent, layout = run("IMAGPoseILCPack", positive, negative, vae, source, poses[1:], 64, 64,
                                              "crop", "auto", source_poses=poses[:1])
+    return model, vae, positive, negative, latent, layout
+
+
+def sample_imagpose(nodes, keep_model: bool = False, transform_model=None):
+    model, vae, positive, negative, latent, layout = imagpose_conditioning(nodes)
     if transform_model is not None:  # what a node between the loader and the sampler does
         model = transform_model(model)
     sampled = nodes.KSampler().sample(model, 5, 2, 2.0, "ddim", "simple", positive, negative, latent)[0]
     decoded = nodes.VAEDecode().decode(vae, sampled)[0]
-    images = run("IMAGPoseGridUnpack", decoded, layout, "targets")[0]
+    images = nodes.NODE_CLASS_MAPPINGS["IMAGPoseGridUnpack"].execute(decoded, layout, "targets").result[0]
     return (model, images) if keep_model else images
