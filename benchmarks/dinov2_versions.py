@@ -25,7 +25,6 @@ BASE = {"model_type": "dinov2", "architectures": ["Dinov2Model"], "hidden_size":
 
 
 def write_model(folder: Path) -> None:
-    from safetensors.torch import save_file
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)

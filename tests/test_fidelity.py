@@ -69,7 +69,9 @@ def reference_inputs(vae, dino, model, sources, source_poses, targets):
     layout = grid.make_layout(sources.shape[0], targets.shape[0], CELL, CELL)
     src, spose, tpose = chw(sources, 1.0), chw(source_poses, 0.0), chw(targets, 0.0)
     cells = [torch.zeros_like(src[:1]) if s is None else src[s : s + 1] for s in layout.cell_sources]
-    masked = grid.pack_grid(cells)
+    # contiguous like ILC Pack's grid: ComfyUI's VAE convolutions round differently on a channels-last layout
+    # (2e-5 in the latent, which some conditionings amplify to 1e-4 in v)
+    masked = grid.pack_grid(cells).contiguous()
     poses = grid.pack_grid(grid.pose_cells(layout, spose, tpose))
     masked_latent = vae.encode(masked.movedim(1, -1)).float() * LATENT_SCALE
     h, w = masked_latent.shape[-2] // 2, masked_latent.shape[-1] // 2

@@ -2,7 +2,6 @@
 loading that refuses anything that is not a DINOv2, and the one preprocessing function of trainer and nodes."""
 import os
 import tempfile
-from pathlib import Path
 from unittest import mock
 
 import numpy as np
