@@ -389,5 +389,5 @@ def test_trailing_sigmas_drive_sampler_custom(parts, imagpose_model):
     out = comfy.sample.sample_custom(imagpose_model, noise, 2.0, comfy.samplers.sampler_object("ddim"), sigmas,
                                      positive, negative, latent["samples"], seed=0, disable_pbar=True)
     assert out.shape == latent["samples"].shape and torch.isfinite(out).all() and out.std() > 0
-    with pytest.raises(ValueError, match="^IMAGPose Trailing Sigmas: input 'steps': expected 1 to 1000 steps; got 0"):
+    with pytest.raises(ValueError, match="^IMAGPose Trailing Sigmas: input 'steps': expected a value from 1 to 1000; got 0"):
         run_node(nodes, "IMAGPoseTrailingSigmas", imagpose_model, 0)
