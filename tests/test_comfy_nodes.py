@@ -391,3 +391,19 @@ def test_trailing_sigmas_drive_sampler_custom(parts, imagpose_model):
     assert out.shape == latent["samples"].shape and torch.isfinite(out).all() and out.std() > 0
     with pytest.raises(ValueError, match="^IMAGPose Trailing Sigmas: input 'steps': expected a value from 1 to 1000; got 0"):
         run_node(nodes, "IMAGPoseTrailingSigmas", imagpose_model, 0)
+
+
+def test_image_encoder_runs_in_the_dtype_comfyui_computes_a_unet_in(comfy_nodes, monkeypatch):
+    """--bf16-unet on a CPU: ComfyUI stores the UNet in bf16 but computes in fp32, and so runs DINOv2."""
+    import comfy.model_management
+
+    from imagpose.comfyui.image_encoder import encoder_dtype
+
+    cpu = torch.device("cpu")
+    assert encoder_dtype(cpu, 10**6) == torch.float32
+    monkeypatch.setattr(comfy.model_management.args, "bf16_unet", True)
+    assert comfy.model_management.unet_dtype(device=cpu) == torch.bfloat16
+    assert encoder_dtype(cpu, 10**6) == torch.float32
+    monkeypatch.setattr(comfy.model_management.args, "bf16_unet", False)
+    monkeypatch.setattr(comfy.model_management.args, "fp8_e4m3fn_unet", True)  # a UNet dtype DINOv2 cannot run in
+    assert encoder_dtype(cpu, 10**6) == torch.float32

@@ -2,8 +2,9 @@
 
 ComfyUI counts it with the other loaded models, offloads it when they need the memory, and places it where it
 places its own image encoders (CLIP vision): `text_encoder_device()`, i.e. the GPU normally, the CPU under
---lowvram / --novram, and always the GPU under --gpu-only. It is stored and run in the dtype ComfyUI picks for a
-UNet on that device (fp16 / bf16 on GPUs, fp32 on the CPU; --force-fp32 and --fp16-unet / --bf16-unet apply).
+--lowvram / --novram, and always the GPU under --gpu-only. It is stored and run in the dtype ComfyUI computes a
+UNet in on that device (fp16 / bf16 on GPUs, fp32 on the CPU; --force-fp32 and --fp16-unet / --bf16-unet apply
+where the device computes in them).
 """
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ SAFE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # fp8 / fp64 UNet 
 
 
 def encoder_dtype(device: torch.device, parameters: int) -> torch.dtype:
-    dtype = comfy.model_management.unet_dtype(device=device, model_params=parameters, supported_dtypes=list(SAFE_DTYPES))
-    if dtype in SAFE_DTYPES:
-        return dtype
-    return torch.float16 if comfy.model_management.should_use_fp16(device) else torch.float32
+    """The dtype ComfyUI computes a UNet in on `device`: the UNet's storage dtype, or its manual-cast compute dtype
+    where the device cannot compute in that one (e.g. --bf16-unet on a CPU computes in float32)."""
+    stored = comfy.model_management.unet_dtype(device=device, model_params=parameters,
+                                               supported_dtypes=list(SAFE_DTYPES))
+    if stored not in SAFE_DTYPES:
+        return torch.float16 if comfy.model_management.should_use_fp16(device) else torch.float32
+    return comfy.model_management.unet_manual_cast(stored, device, list(SAFE_DTYPES)) or stored
 
 
 class ImageEncoder:
