@@ -22,6 +22,7 @@ from imagpose.training import widen_conv_in
 from imagpose.unet import IN_CHANNELS, MOTION_KEY, IMAGPoseUNet, unet_config_from_state_dict
 
 from . import export
+from . import sources
 
 logger = logging.getLogger(__name__)
 
@@ -35,27 +36,15 @@ class SetupError(RuntimeError):
     """A model file or folder the trainer cannot use; the message names the expected folder or file."""
 
 
-def unet_folder(path: str | os.PathLike) -> Path:
-    """The diffusers UNet folder: `path` itself (config.json) or its `unet/` subfolder (a whole SD1.5 folder)."""
-    path = Path(path)
-    for candidate in (path, path / "unet"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise SetupError(f"model.base_unet: {path} is not a diffusers UNet folder: expected {path}/unet/config.json "
-                     f"(a stable-diffusion-v1-5 folder) or {path}/config.json with the UNet weights next to it")
-
-
 def stage1_model(base_unet: str | os.PathLike, pose_guider_channels=(16, 32, 96, 256), patch_size: int = 16,
                  cva: dict | None = None) -> IMAGPoseModel:
     """IMAGPose model from an SD1.5 UNet: conv_in widened to 9 channels (new ones zero), new pose guider,
     patch embedder and CVA modules (zero output projections: each starts as the identity)."""
-    from diffusers import UNet2DConditionModel
-
-    folder = unet_folder(base_unet)
+    folder = Path(base_unet)
     try:
-        base = UNet2DConditionModel.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise SetupError(f"model.base_unet: could not load the diffusers UNet in {folder}: {error}") from error
+        base = sources.load_base_unet(base_unet)  # a diffusers folder or an SD1.5 single file
+    except sources.SourceError as error:
+        raise SetupError(str(error)) from error
     state = base.state_dict()
     if state["conv_in.weight"].shape[1] != 4:
         raise SetupError(f"model.base_unet: {folder} has a {state['conv_in.weight'].shape[1]}-channel conv_in; "
@@ -165,17 +154,11 @@ class TrainingNet(nn.Module):
 
 
 def load_vae(path: str | os.PathLike):
-    from diffusers import AutoencoderKL
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise SetupError(f"model.vae: {path} is not a diffusers AutoencoderKL folder: expected {path}/config.json "
-                         "and its weights (e.g. the sd-vae-ft-mse folder)")
+    """The frozen VAE from a diffusers folder, its weights file, an ldm VAE file or an SD1.5 single file."""
     try:
-        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise SetupError(f"model.vae: could not load {path}: {error}") from error
-    return vae.requires_grad_(False).eval()
+        return sources.load_vae(path)
+    except sources.SourceError as error:
+        raise SetupError(str(error)) from error
 
 
 def vae_downscale(vae) -> int:
