@@ -30,6 +30,8 @@ from torch.utils.data import Dataset
 from imagpose.grid import CELLS
 from imagpose.training import random_cell_roles
 
+from . import deepfashion
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 ASPECT_TOLERANCE = 0.02  # a pose image may differ this much in aspect from its photo (rounding when rendered)
 
@@ -80,18 +82,98 @@ def pose_rule_from_config(data: dict) -> PoseRule:
 
 
 def group_key(file_name: str) -> str | None:
-    """Person/outfit id: the file name without extension and its last two `_` parts (None if it has < 3)."""
-    parts = Path(file_name).stem.split("_")
+    """Person/outfit id: the file name without extension and its last two `_` parts (None if it has < 3).
+
+    DeepFashion's flat standard names (`fashionMENShirts_Polosid0000180202_4full`) group by person + clothes id.
+    """
+    stem = Path(file_name).stem
+    match = deepfashion.STANDARD.match(stem)
+    if match:
+        return stem[: match.start("view") - 1]
+    parts = stem.split("_")
     return "_".join(parts[:-2]) if len(parts) >= 3 else None
 
 
+def identity_of(path: str | os.PathLike) -> str | None:
+    """Who a photo shows, to keep test people out of training: DeepFashion's person id, else the group key."""
+    return deepfashion.person_of(path) or group_key(Path(path).name)
+
+
+TEST_IDENTITY_POLICIES = ("refuse", "drop", "allow")
+
+
+@dataclass
+class Split:
+    """Which photos may enter training groups.
+
+    train: standard stems of the training list (others are left out), or None for every photo;
+    test_identities: identities (see identity_of) of the test list; a photo showing one is refused (an error naming
+    the photos), dropped and counted ('drop') or kept ('allow', explicit). Without a test list, DeepFashion photos
+    are refused unless 'allow': their folder holds the test people too.
+    """
+
+    train: set[str] | None = None
+    test_identities: set[str] | None = None
+    test_policy: str = "refuse"
+
+    @classmethod
+    def from_lists(cls, train_list: str | os.PathLike | None = None, test_list: str | os.PathLike | None = None,
+                   test_policy: str = "refuse") -> "Split":
+        if test_policy not in TEST_IDENTITY_POLICIES:
+            raise DataError(f"test identity policy must be one of {TEST_IDENTITY_POLICIES}, got {test_policy!r}")
+        try:
+            train = set(deepfashion.read_split(train_list)) if train_list else None
+            test = deepfashion.read_split(test_list) if test_list else None
+        except deepfashion.SplitError as error:
+            raise DataError(str(error)) from error
+        identities = {identity_of(name) for name in test} - {None} if test is not None else None
+        return cls(train, identities, test_policy)
+
+    def admit(self, path: Path, counts: dict, leaked: list[Path]) -> bool:
+        """Whether a photo may be grouped; counts what is left out, collects test-identity photos."""
+        if self.train is not None and deepfashion.standard_stem(path) not in self.train:
+            counts["not_in_train_list"] += 1
+            return False
+        if self.test_policy == "allow":
+            return True
+        identity = identity_of(path)
+        if self.test_identities is None:
+            if deepfashion.person_of(path) is not None:
+                leaked.append(path)  # DeepFashion photo, and nothing says it is not a test person
+                return False
+            return True
+        if identity in self.test_identities:
+            leaked.append(path)
+            return False
+        return True
+
+    def check(self, leaked: list[Path], counts: dict) -> None:
+        if not leaked:
+            return
+        if self.test_policy == "drop":
+            counts["test_identity_dropped"] += len(leaked)
+            return
+        listed = ", ".join(str(p) for p in leaked[:5])
+        if self.test_identities is None:
+            raise DataError(f"{len(leaked)} DeepFashion photo(s) but no test list, so test people could enter the "
+                            f"training groups, e.g. {listed}: pass --test-list test.lst (and --train-list train.lst), "
+                            "or --test-identities allow to group every photo")
+        raise DataError(f"{len(leaked)} photo(s) show people of the test list and would enter training groups, e.g. "
+                        f"{listed} (use the standard train.lst, --test-identities drop to leave them out, or "
+                        "--test-identities allow to keep them)")
+
+
 def build_groups(image_dir: str | os.PathLike, relative_to: str | os.PathLike | None = None, min_images: int = 2,
-                 pose_rule: PoseRule | None = None, skip_missing_poses: bool = False) -> tuple[list[list[str]], dict]:
+                 pose_rule: PoseRule | None = None, skip_missing_poses: bool = False,
+                 split: Split | None = None) -> tuple[list[list[str]], dict]:
     """Group the images under `image_dir` (recursively) by `group_key`; groups with < min_images are dropped.
 
     Returns (groups, report). With a pose rule, photos without a pose image raise a DataError listing them,
-    unless skip_missing_poses (then they are left out and counted in the report).
+    unless skip_missing_poses (then they are left out and counted in the report). `split` keeps test people out.
     """
+    split = split or Split()
+    split_counts = {"not_in_train_list": 0, "test_identity_dropped": 0}
+    leaked: list[Path] = []
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise DataError(f"image folder {image_dir} does not exist")
@@ -103,12 +185,15 @@ def build_groups(image_dir: str | os.PathLike, relative_to: str | os.PathLike | 
         if key is None:
             unnamed.append(path)
             continue
+        if not split.admit(path, split_counts, leaked):
+            continue
         if pose_rule is not None:
             pose = pose_rule(path)
             if not pose.is_file():
                 missing.append((path, pose))
                 continue
         groups[str(path.parent / key)].append(path)
+    split.check(leaked, split_counts)
     if missing and not skip_missing_poses:
         listed = "; ".join(f"{image} -> {pose}" for image, pose in missing[:5])
         raise DataError(f"{len(missing)} image(s) have no pose image by {pose_rule.describe()}, e.g. {listed} "
@@ -120,7 +205,7 @@ def build_groups(image_dir: str | os.PathLike, relative_to: str | os.PathLike | 
         if len(paths) >= min_images:
             kept.append([os.path.relpath(p, base) if base is not None else str(p) for p in paths])
     report = {"images": sum(len(g) for g in kept), "groups": len(kept), "small_groups_dropped": len(groups) - len(kept),
-              "unnamed_skipped": len(unnamed), "missing_pose_skipped": len(missing)}
+              "unnamed_skipped": len(unnamed), "missing_pose_skipped": len(missing), **split_counts}
     return kept, report
 
 
@@ -128,7 +213,11 @@ def load_groups(json_path: str | os.PathLike, root: str | os.PathLike | None = N
     json_path = Path(json_path)
     if not json_path.is_file():
         raise DataError(f"group file {json_path} not found (make one with: python -m trainer.data build-groups)")
-    data = json.loads(json_path.read_text())
+    try:
+        data = json.loads(json_path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise DataError(f"group file {json_path} is not valid JSON ({error}); remake it with: python -m trainer.data "
+                        "build-groups (or python -m trainer.prepare)") from error
     if not isinstance(data, list) or not all(isinstance(g, list) for g in data):
         raise DataError(f"{json_path}: expected a JSON list of lists of image paths")
     base = Path(root) if root is not None else json_path.parent
@@ -144,9 +233,12 @@ def load_groups(json_path: str | os.PathLike, root: str | os.PathLike | None = N
 
 
 def load_rgb(path: Path) -> torch.Tensor:
-    """(3, H, W) float in [0, 1]."""
-    with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    """(3, H, W) float in [0, 1]; an unreadable or truncated file is a DataError naming it."""
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    except (OSError, ValueError, SyntaxError) as error:  # PIL: unidentified, truncated or broken files
+        raise DataError(f"image {path} could not be read ({error})") from error
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
@@ -286,14 +378,20 @@ def main(argv: list[str] | None = None) -> int:
     rule.add_argument("--pose-replace", nargs=2, metavar=("OLD", "NEW"), help='e.g. /image/ /dwpose/')
     build.add_argument("--min-images", type=int, default=2)
     build.add_argument("--skip-missing-poses", action="store_true", help="leave out photos without a pose image")
+    build.add_argument("--train-list", type=Path, help="train.lst: only these photos are grouped")
+    build.add_argument("--test-list", type=Path, help="test.lst: photos of its people never enter the groups")
+    build.add_argument("--test-identities", choices=TEST_IDENTITY_POLICIES, default="refuse",
+                       help="photos of test people: refuse (an error naming them; default), drop (leave out, count), "
+                            "allow (group them anyway)")
     args = parser.parse_args(argv)
 
     rule = None
     if args.pose_template or args.pose_replace:
         rule = PoseRule(template=args.pose_template, replace=args.pose_replace)
     try:
+        split = Split.from_lists(args.train_list, args.test_list, args.test_identities)
         groups, report = build_groups(args.image_dir, args.out.parent.resolve(), args.min_images, rule,
-                                      args.skip_missing_poses)
+                                      args.skip_missing_poses, split)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
