@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 
 FIT_MODES = ("pad", "crop")
+PHOTO_PAD = 1.0  # white, like the studio backgrounds of the training photos
+POSE_PAD = 0.0  # black, the background of rendered skeletons
 
 
 def resized_size(src_h: int, src_w: int, height: int, width: int, mode: str = "pad") -> tuple[int, int]:
@@ -19,6 +21,14 @@ def resized_size(src_h: int, src_w: int, height: int, width: int, mode: str = "p
     return max(new_h, height), max(new_w, width)
 
 
+def content_box(src_h: int, src_w: int, height: int, width: int, mode: str) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of the cell that shows the image (the whole cell for 'crop', inside the bars for 'pad')."""
+    new_h, new_w = resized_size(src_h, src_w, height, width, mode)
+    if mode == "crop":
+        return 0, 0, height, width
+    return (height - new_h) // 2, (width - new_w) // 2, new_h, new_w
+
+
 def fit_to_cell(images: torch.Tensor, height: int, width: int, mode: str = "pad", pad_value: float = 0.0) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, height, width), aspect kept: 'pad' letterboxes, 'crop' fills and centre-crops."""
     new_h, new_w = resized_size(*images.shape[-2:], height, width, mode)
@@ -26,5 +36,5 @@ def fit_to_cell(images: torch.Tensor, height: int, width: int, mode: str = "pad"
     if mode == "crop":
         top, left = (new_h - height) // 2, (new_w - width) // 2
         return resized[..., top : top + height, left : left + width]
-    top, left = (height - new_h) // 2, (width - new_w) // 2
+    top, left, _, _ = content_box(*images.shape[-2:], height, width, mode)
     return F.pad(resized, (left, width - new_w - left, top, height - new_h - top), value=pad_value)

@@ -14,7 +14,7 @@ import node_helpers
 
 from .. import grid
 from ..image_encoder import AUTHORS_POSITIONS
-from ..imaging import fit_to_cell, resized_size
+from ..imaging import PHOTO_PAD, POSE_PAD, fit_to_cell, resized_size
 from ..model import LATENT_SCALE, flc_context
 from ..patch_embed import PatchEmbedding
 from . import memory
@@ -22,8 +22,6 @@ from .errors import InputError
 from .model_patch import POSE_COND, PoseGridCond
 
 CELL_KEY = "imagpose_cell"  # (height, width, fit) the FLC was made for, checked by the ILC node
-PHOTO_PAD = 1.0  # white, like the studio backgrounds of the training photos
-POSE_PAD = 0.0  # black, the background of rendered skeletons
 FLC_MULTIPLE = 8  # the reference is VAE-encoded at cell size
 ILC_MULTIPLE = 64  # the grid latent must split evenly down to the UNet's lowest resolution
 

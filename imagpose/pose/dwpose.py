@@ -93,17 +93,19 @@ def _onnxruntime():
     return ort
 
 
-_SESSIONS: dict[tuple[str, float], object] = {}
+_SESSIONS: dict[tuple[str, float, int], object] = {}
 _LOCK = threading.Lock()
 
 
-def _session(path: str):
+def _session(path: str, device_id: int = 0):
     ort = _onnxruntime()
-    key = (os.path.abspath(path), os.path.getmtime(path))
+    key = (os.path.abspath(path), os.path.getmtime(path), device_id)
     with _LOCK:
         if key not in _SESSIONS:
             available = ort.get_available_providers()
-            providers = [p for p in ("CUDAExecutionProvider", "CoreMLExecutionProvider") if p in available]
+            providers: list = [p for p in ("CUDAExecutionProvider", "CoreMLExecutionProvider") if p in available]
+            if "CUDAExecutionProvider" in providers:  # one GPU per process when data preparation is sharded
+                providers[0] = ("CUDAExecutionProvider", {"device_id": device_id})
             providers.append("CPUExecutionProvider")
             try:
                 _SESSIONS[key] = ort.InferenceSession(path, providers=providers)
@@ -241,11 +243,11 @@ def to_person(points: np.ndarray, scores: np.ndarray) -> Person:
 class DWPoseBackend:
     name = "dwpose"
 
-    def __init__(self, det_path: str, pose_path: str):
+    def __init__(self, det_path: str, pose_path: str, device_id: int = 0):
         self.det_path = det_path
         self.pose_path = pose_path
-        self.det = _session(det_path)
-        self.pose = _session(pose_path)
+        self.det = _session(det_path, device_id)
+        self.pose = _session(pose_path, device_id)
 
     def __call__(self, rgb: np.ndarray, include_hands: bool = False, include_face: bool = False) -> list[Person]:
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])

@@ -64,9 +64,10 @@ def check_output_size(width: int | None, height: int | None) -> None:
         raise ValueError(f"give both width and height, or neither; got {width}x{height}")
 
 
-def get_backend(detector: str = "auto", model_dirs: Sequence[str] | None = None):
+def get_backend(detector: str = "auto", model_dirs: Sequence[str] | None = None, device_id: int = 0):
     """The backend object for 'auto' (DWPose when its two ONNX files are found, else MediaPipe),
-    'dwpose' or 'mediapipe'. Raises PoseBackendUnavailable with install/download instructions."""
+    'dwpose' or 'mediapipe'. Raises PoseBackendUnavailable with install/download instructions.
+    device_id: the GPU DWPose runs on when onnxruntime has CUDA."""
     detector = (detector or "auto").lower()
     if detector not in DETECTORS:
         raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
@@ -74,7 +75,7 @@ def get_backend(detector: str = "auto", model_dirs: Sequence[str] | None = None)
         det, pose = dwpose.find_model_files(model_dirs)
         if det and pose:
             try:
-                return dwpose.DWPoseBackend(det, pose)
+                return dwpose.DWPoseBackend(det, pose, device_id)
             except PoseBackendUnavailable:
                 if detector == "dwpose":
                     raise
