@@ -22,13 +22,16 @@ DEFAULTS: dict[str, Any] = {
     "output_dir": "./runs/stage1",
     "seed": 12580,
     "model": {
-        # stage1: a diffusers SD1.5 folder (holding unet/) or the UNet folder itself (config.json + weights)
+        # stage1: a diffusers SD1.5 folder (holding unet/), the UNet folder itself, or the SD1.5 single file
+        # ComfyUI keeps (v1-5-pruned-emaonly.safetensors / .ckpt, original ldm key names)
         "base_unet": None,
         # stage2/end2end: a trainer checkpoint folder, a pack .safetensors, or an authors' denoising_unet-N.pth
         "init_checkpoint": None,
-        # stage2: AnimateDiff-v2-style motion module (down_blocks.N.motion_modules.M.* keys); optional
+        # stage2: AnimateDiff-v2-style motion module (down_blocks.N.motion_modules.M.* keys), e.g. mm_sd_v15_v2.ckpt
+        # as published or a .safetensors; optional
         "motion_module": None,
-        "vae": None,  # diffusers AutoencoderKL folder, e.g. sd-vae-ft-mse
+        # diffusers AutoencoderKL folder (sd-vae-ft-mse), its weights file, an ldm VAE file, or the SD1.5 single file
+        "vae": None,
         "image_encoder": None,  # transformers Dinov2Model folder (or one .safetensors file), e.g. dinov2-base
         # how DINOv2's position table is resampled to the 224 px grid (imagpose.image_encoder.POSITION_METHODS);
         # recorded in the pack file so the nodes use the same
@@ -83,7 +86,19 @@ DEFAULTS: dict[str, Any] = {
         "save_initial": False,  # also write checkpoint-0: the weights training starts from
         "resume": None,  # "latest" or a checkpoint-N folder
         "log_every": 10,
-        "report_to": None,  # an accelerate tracker name such as "tensorboard"
+        "report_to": "tensorboard",  # accelerate tracker(s): "tensorboard", "wandb", a list, or null for none
+        "progress_bar": True,  # tqdm bar with ETA on the main process
+    },
+    # sheets of fixed groups generated every N steps with the evaluation's sampling (trainer/validation.py)
+    "validation": {
+        "every_steps": 1000,  # 0 disables
+        "groups": None,  # a group JSON (e.g. trainer.prepare's test-groups.json); default: the first training groups
+        "count": 4,  # groups on a sheet
+        "targets": 3,  # targets per group (1 -> N grid)
+        "steps": 20,
+        "cfg": 2.0,
+        "seed": 42,
+        "fit": "pad",
     },
     "noise_scheduler": {
         "num_train_timesteps": 1000,
@@ -180,6 +195,11 @@ def validate(config: dict) -> None:
         raise ConfigError(f"train.global_batch must be a positive number of samples or null, got {train['global_batch']!r}")
     if not 0.0 < train["ema_decay"] < 1.0:
         raise ConfigError(f"train.ema_decay must be in (0, 1), got {train['ema_decay']}")
+    validation = config["validation"]
+    if validation["every_steps"] and not 1 <= validation["targets"] <= 3:
+        raise ConfigError(f"validation.targets must be 1..3 (one source and up to three targets), got {validation['targets']}")
+    if validation["fit"] not in ("pad", "crop"):
+        raise ConfigError(f"validation.fit must be 'pad' or 'crop', got {validation['fit']!r}")
     if train["snr_gamma"] < 0:
         raise ConfigError(f"train.snr_gamma must be >= 0 (0 disables it), got {train['snr_gamma']}")
 

@@ -4,7 +4,10 @@
 
 Writes ROOT/data (DeepFashion-style names, photos from scikit-image, poses in a sibling dwpose/ folder),
 ROOT/models (a 4-channel "SD1.5" UNet folder of imagpose.testing.TINY_UNET size, a small VAE folder, a tiny
-DINOv2 folder) and ROOT/{stage1,stage2,end2end}.yaml for 64x64 cells on CPU.
+DINOv2 folder; the same UNet and VAE as one SD1.5-style single file with ldm key names, an AnimateDiff-style motion
+module .ckpt, random-weight metric backbones under torchvision's file names in models/metrics/),
+ROOT/deepfashion (a tiny DeepFashion In-shop tree: img_highres/ folders of real photos, train.lst, test.lst,
+fasion-resize-pairs-test.csv) and ROOT/{stage1,stage2,end2end}.yaml for 64x64 cells on CPU.
 """
 from __future__ import annotations
 
@@ -22,14 +25,18 @@ from PIL import Image, ImageDraw
 from imagpose.testing import TINY_PATCH, TINY_POSE_GUIDER, TINY_UNET, write_tiny_dinov2
 
 from .data import PoseRule, build_groups
+from .testing_files import write_metric_backbones, write_motion_module_ckpt, write_sd15_single_file
 
 POSE_TEMPLATE = "{dir}/../dwpose/{stem}.png"
+SINGLE_FILE = "v1-5-tiny-pruned-emaonly.safetensors"  # SD1.5-style single file (ldm keys, VAE inside)
+MOTION_MODULE = "mm_tiny_v2.ckpt"  # AnimateDiff-style motion module
 TINY_VAE = {
     "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 32,
     "block_out_channels": [32, 32, 32, 32], "sample_size": 64,
     "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
 }
 CELL = 64
+TINY_VALIDATION = {"every_steps": 2, "count": 2, "targets": 2, "steps": 4}  # one sheet per tiny run, quickly
 
 
 @contextmanager
@@ -118,12 +125,84 @@ def mirrored_cells(cells: torch.Tensor) -> list[bool]:
 def write_models(root: Path, seed: int = 0) -> dict[str, Path]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    from imagpose.testing import make_tiny_model
+
     torch.manual_seed(seed)
     sd = root / "sd15"
-    UNet2DConditionModel(**{**TINY_UNET, "in_channels": 4}).save_pretrained(sd / "unet")
-    vae = root / "vae"
-    AutoencoderKL(**TINY_VAE).save_pretrained(vae)
-    return {"base_unet": sd, "vae": vae, "image_encoder": write_tiny_dinov2(root / "dinov2", seed)}
+    unet = UNet2DConditionModel(**{**TINY_UNET, "in_channels": 4})
+    unet.save_pretrained(sd / "unet")
+    vae_folder = root / "vae"
+    vae = AutoencoderKL(**TINY_VAE)
+    vae.save_pretrained(vae_folder)
+    write_metric_backbones(root / "metrics", seed)
+    return {"base_unet": sd, "vae": vae_folder, "image_encoder": write_tiny_dinov2(root / "dinov2", seed),
+            "single_file": write_sd15_single_file(root / SINGLE_FILE, unet, vae, dtype=torch.float32),
+            "motion_module": write_motion_module_ckpt(root / MOTION_MODULE, make_tiny_model(seed + 3).unet.state_dict()),
+            "metric_weights": root / "metrics"}
+
+
+def deepfashion_photos() -> dict[str, np.ndarray]:
+    """Crops and mirror images of real photos in which MediaPipe finds a person (coffee: nobody)."""
+    import matplotlib.cbook
+
+    pics = photos()
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as handle:
+        hopper = np.asarray(Image.open(handle).convert("RGB"))
+    camera, astronaut = pics["camera"], pics["astronaut"]
+    return {
+        "camera-1": camera[:, 100:450][:, ::-1], "camera-2": camera[40:, 80:430][:, ::-1],
+        "camera-3": camera[:, 60:420][:, ::-1],
+        "astronaut-1": astronaut[:, 40:400], "astronaut-2": astronaut[:, ::-1][:, 80:440],
+        "astronaut-3": astronaut[30:, 100:460], "coffee": pics["coffee"][:, 100:500],
+        "hopper-1": hopper[:, 50:460], "hopper-2": hopper[:, ::-1][:, 80:480], "hopper-3": hopper[40:, 60:500],
+        "hopper-4": hopper[:560, 20:420],
+    }
+
+
+# (gender, category, person id, [(file name, photo)]), split: the In-shop layout of img_highres/
+DEEPFASHION_PEOPLE = {
+    "train": [("MEN", "Denim", "id_00000001", [("01_1_front", "camera-1"), ("01_2_side", "camera-2"),
+                                                ("01_4_full", "camera-3")]),
+              ("WOMEN", "Blouses_Shirts", "id_00000002", [("01_1_front", "astronaut-1"), ("01_2_side", "astronaut-2"),
+                                                          ("01_3_back", "astronaut-3"), ("01_7_additional", "coffee")])],
+    "test": [("WOMEN", "Dresses", "id_00000003", [("01_1_front", "hopper-1"), ("01_2_side", "hopper-2"),
+                                                  ("01_3_back", "hopper-3"), ("01_4_full", "hopper-4")]),
+             ("MEN", "Tees_Tanks", "id_00000004", [("02_1_front", "astronaut-2"), ("02_2_side", "astronaut-1"),
+                                                   ("02_3_back", "astronaut-3")])],
+}
+# (source, target) by (person, file) within the test people: person 3's first photo has three targets (a full
+# 1 -> 3 grid), the others one each
+DEEPFASHION_PAIRS = [(("id_00000003", "01_1_front"), ("id_00000003", "01_2_side")),
+                     (("id_00000003", "01_1_front"), ("id_00000003", "01_3_back")),
+                     (("id_00000003", "01_1_front"), ("id_00000003", "01_4_full")),
+                     (("id_00000003", "01_2_side"), ("id_00000003", "01_1_front")),
+                     (("id_00000004", "02_1_front"), ("id_00000004", "02_2_side")),
+                     (("id_00000004", "02_3_back"), ("id_00000004", "02_1_front"))]
+DEEPFASHION_SIZE = (176, 256)  # width, height: the papers' 256x176 at In-shop's aspect (img_highres is 750x1101)
+
+
+def write_deepfashion(root: Path) -> Path:
+    """A tiny DeepFashion In-shop tree: img_highres/<gender>/<category>/id_N/<file>.jpg, train.lst, test.lst, pairs CSV."""
+    from .deepfashion import standard_stem
+
+    pics = deepfashion_photos()
+    names: dict[str, list[str]] = {"train": [], "test": []}
+    standard: dict[tuple[str, str], str] = {}
+    for split, people in DEEPFASHION_PEOPLE.items():
+        for gender, category, person, files in people:
+            folder = root / "img_highres" / gender / category / person
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, picture in files:
+                path = folder / f"{name}.jpg"
+                image = Image.fromarray(np.ascontiguousarray(pics[picture])).resize(DEEPFASHION_SIZE, Image.BICUBIC)
+                image.save(path, quality=95)
+                standard[(person, name)] = standard_stem(path) + ".jpg"
+                names[split].append(standard[(person, name)])
+    (root / "train.lst").write_text("\n".join(names["train"]) + "\n")
+    (root / "test.lst").write_text("\n".join(names["test"]) + "\n")
+    rows = ["from,to"] + [f"{standard[source]},{standard[target]}" for source, target in DEEPFASHION_PAIRS]
+    (root / "fasion-resize-pairs-test.csv").write_text("\n".join(rows) + "\n")
+    return root
 
 
 def tiny_config(root: Path, stage: str, models: dict[str, Path], groups: Path, init_checkpoint: Path | None = None,
@@ -154,14 +233,16 @@ def write_setup(root: Path) -> dict[str, Path]:
     root = Path(root)
     models = write_models(root / "models")
     groups = write_dataset(root / "data")
+    deepfashion = write_deepfashion(root / "deepfashion")
     configs = {}
     previous = None
     for stage in ("stage1", "stage2", "end2end"):
         config = tiny_config(root, stage, models, groups, init_checkpoint=previous)
+        config["validation"] = TINY_VALIDATION
         configs[stage] = root / f"{stage}.yaml"
         configs[stage].write_text(yaml.safe_dump(config, sort_keys=False))
         previous = Path(config["output_dir"]) / f"checkpoint-{config['train']['max_steps']}"
-    return {**models, "groups": groups, **configs}
+    return {**models, "groups": groups, "deepfashion": deepfashion, **configs}
 
 
 def main(argv: list[str] | None = None) -> int:

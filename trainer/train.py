@@ -34,6 +34,7 @@ from .data import DataError, GroupDataset
 from .loss import make_noise_scheduler, training_loss
 from .models import (SetupError, TrainingNet, check_compatible, load_image_encoder,
                      load_motion_module, load_vae, set_trainable, stage1_model, trained_model, vae_downscale)
+from .validation import Validator
 
 logger = logging.getLogger("trainer")
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -154,6 +155,18 @@ def resume_path(config: dict) -> Path | None:
     return path
 
 
+def check_trackers(report_to) -> None:
+    """A requested tracker whose package is missing is an error (accelerate would drop it silently)."""
+    from accelerate.tracking import get_available_trackers
+
+    wanted = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    available = {str(t) for t in get_available_trackers()}
+    missing = [t for t in wanted if t != "all" and t not in available]
+    if missing:
+        raise ConfigError(f"train.report_to: tracker(s) {missing} are not installed (pip install {' '.join(missing)}), "
+                          "or set train.report_to=null")
+
+
 def check_deepspeed(accelerator, train: dict) -> None:
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is None:
@@ -196,6 +209,7 @@ def setup(config: dict) -> Run:
     train_cfg = config["train"]
     output_dir = Path(config["output_dir"])
     train_cfg["gradient_accumulation_steps"], batch_warning = resolve_batch(config, PartialState().num_processes)
+    check_trackers(train_cfg["report_to"])
     accelerator = Accelerator(
         gradient_accumulation_steps=train_cfg["gradient_accumulation_steps"],
         mixed_precision=train_cfg["mixed_precision"],
@@ -291,12 +305,22 @@ def optimizer_class(name: str):
 
 
 class MetricsWriter:
-    """metrics.jsonl (one line per optimisation step), the accelerate tracker and the log, on the main process."""
+    """metrics.jsonl (one line per optimisation step), the accelerate tracker, the log and the progress bar (with
+    ETA), on the main process."""
 
     def __init__(self, run: Run):
+        from tqdm.auto import tqdm
+
         self.run = run
         self.path = Path(run.config["output_dir"]) / "metrics.jsonl"
         self.started = time.time()
+        train_cfg = run.config["train"]
+        self.bar = tqdm(total=train_cfg["max_steps"], initial=run.step, desc=run.config["stage"], unit="step",
+                        dynamic_ncols=True,
+                        disable=not (run.accelerator.is_main_process and train_cfg["progress_bar"]))
+
+    def close(self) -> None:
+        self.bar.close()
 
     def write(self, step: int, loss: float) -> None:
         run, train_cfg = self.run, self.run.config["train"]
@@ -308,14 +332,29 @@ class MetricsWriter:
             handle.write(json.dumps(record) + "\n")
         if train_cfg["report_to"]:
             run.accelerator.log({"loss": loss, "lr": record["lr"]}, step=step)
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         if step % train_cfg["log_every"] == 0 or step == 1:
             logger.info("step %d loss %.5f lr %.3g", step, loss, record["lr"])
+
+
+def validate(run: Run, validator: Validator | None) -> None:
+    """A validation sheet on the main process when one is due; the others wait for it."""
+    if validator is None or not validator.due(run.step):
+        return
+    accelerator = run.accelerator
+    if accelerator.is_main_process:
+        net = accelerator.unwrap_model(run.net)
+        with accelerator.autocast():
+            validator(net.model, run.vae, run.encoder, run.downscale, net.use_cva, run.step, accelerator.trackers)
+    accelerator.wait_for_everyone()
 
 
 def loop(run: Run) -> dict:
     """Optimisation steps until train.max_steps, with metrics and checkpoints; returns a summary."""
     config, train_cfg, accelerator = run.config, run.config["train"], run.accelerator
     metrics = MetricsWriter(run)
+    validator = Validator.from_config(config)
     last_loss, written = math.nan, []
     if train_cfg["save_initial"] and run.step == 0:
         written.append(save_checkpoint(accelerator, run.net, config, 0, run.ema))
@@ -344,8 +383,10 @@ def loop(run: Run) -> dict:
             metrics.write(run.step, last_loss)
             if run.step % train_cfg["checkpointing_steps"] == 0 or run.step == train_cfg["max_steps"]:
                 written.append(save_checkpoint(accelerator, run.net, config, run.step, run.ema))
+            validate(run, validator)
             if run.step >= train_cfg["max_steps"]:
                 break
+    metrics.close()
     pack = write_stage_pack(run)
     accelerator.wait_for_everyone()
     accelerator.end_training()
