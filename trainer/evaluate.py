@@ -2,7 +2,7 @@
 
     python -m trainer.evaluate --checkpoint runs/end2end/checkpoint-50000 --vae sd-vae-ft-mse \
         --image-encoder dinov2-base --prepared data/deepfashion --out runs/eval-50000
-    accelerate launch [--num_processes N] -m trainer.evaluate ...     # pairs and metric images sharded
+    accelerate launch --multi_gpu --num_processes N -m trainer.evaluate ...     # pairs and metric images sharded
 
 Modes (both by default):
 - `1to1`: one source -> one target per pair. `--single-target repeat-pose` (default, the paper's text and the
@@ -37,6 +37,7 @@ from PIL import Image
 from imagpose.grid import make_layout
 
 from . import generate, metrics
+from .processes import process_state
 from .data import DataError, PoseRule, load_rgb
 from .models import SetupError, check_compatible, load_image_encoder, load_vae, trained_model, vae_downscale
 from .prepare import FORMAT, MANIFEST
@@ -336,9 +337,7 @@ def versions() -> dict:
 
 
 def evaluate(args) -> dict | None:
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state()
     started = time.time()
     manifest = read_manifest(args.prepared)
     rule = PoseRule(template=manifest["pose_template"])

@@ -1,7 +1,7 @@
 """DeepFashion In-shop -> everything training and evaluation read, in one resumable command.
 
     python -m trainer.prepare DEEPFASHION_ROOT --out data/deepfashion
-    accelerate launch [--num_processes N] -m trainer.prepare DEEPFASHION_ROOT --out data/deepfashion
+    accelerate launch --multi_gpu --num_processes N -m trainer.prepare DEEPFASHION_ROOT --out data/deepfashion
 
 DEEPFASHION_ROOT holds `img_highres/` (the In-shop photos, nested `MEN/<category>/id_XXXXXXXX/NN_V_view.jpg` or
 already flat standard names), the standard split `train.lst` / `test.lst` and the test pairs
@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from . import deepfashion
+from .processes import process_state
 from .data import DataError, PoseRule, Split, build_groups
 
 POSE_TEMPLATE = "{dir}/../dwpose/{stem}.png"  # the pose of OUT/image/X.jpg is OUT/dwpose/X.png
@@ -323,9 +324,7 @@ def parse_args(argv):
 
 
 def prepare(args) -> dict | None:
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state()
     out = args.out
     started = time.time()
     try:

@@ -166,12 +166,19 @@ def unet_from_single_file(path: Path, what: str = "model.base_unet"):
     except (KeyError, IndexError, StopIteration, ValueError) as error:
         raise SourceError(f"{what}: {path} looks like SD1.x but its UNet could not be converted "
                           f"(truncated or edited file?): {error!r}") from error
-    unet = UNet2DConditionModel(**config)
-    missing, unexpected = unet.load_state_dict(converted, strict=False)
+    return with_weights(UNet2DConditionModel, config, converted, f"{what}: {path}: the converted UNet")
+
+
+def with_weights(cls, config: dict, state: dict[str, torch.Tensor], what: str):
+    """A diffusers model built without random initialisation (parameters on the meta device) and given `state`."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = cls(**config)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
-        raise SourceError(f"{what}: {path}: the converted UNet does not fit (missing {missing[:3]}, "
-                          f"unexpected {unexpected[:3]})")
-    return unet
+        raise SourceError(f"{what} does not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.float()
 
 
 def vae_from_single_file(path: Path, what: str = "model.vae"):
@@ -200,11 +207,7 @@ def vae_from_single_file(path: Path, what: str = "model.vae"):
             converted = convert_ldm_vae_checkpoint(vae, config)
         except (KeyError, IndexError, ValueError) as error:
             raise SourceError(f"{what}: {path}: its VAE could not be converted (truncated or edited?): {error!r}") from error
-    model = AutoencoderKL(**config)
-    missing, unexpected = model.load_state_dict(converted, strict=False)
-    if missing or unexpected:
-        raise SourceError(f"{what}: {path}: the VAE weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model
+    return with_weights(AutoencoderKL, config, converted, f"{what}: {path}: the VAE weights")
 
 
 def diffusers_vae_config(state: dict[str, torch.Tensor]) -> dict:

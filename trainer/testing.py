@@ -230,14 +230,23 @@ def tiny_config(root: Path, stage: str, models: dict[str, Path], groups: Path, i
 
 
 def write_setup(root: Path) -> dict[str, Path]:
+    """Models, data and the stage configs of the README's tiny walk-through.
+
+    The YAML configs train on what `python -m trainer.prepare ROOT/deepfashion --out ROOT/prepared` writes, start
+    stage 1 from the SD1.5-style single file (UNet and VAE) and stage 2 from the AnimateDiff-style .ckpt, and draw a
+    validation sheet at the last step.
+    """
     root = Path(root)
     models = write_models(root / "models")
     groups = write_dataset(root / "data")
     deepfashion = write_deepfashion(root / "deepfashion")
+    prepared_groups = root / "prepared" / "groups.json"
+    single_file = {**models, "base_unet": models["single_file"], "vae": models["single_file"]}
     configs = {}
     previous = None
     for stage in ("stage1", "stage2", "end2end"):
-        config = tiny_config(root, stage, models, groups, init_checkpoint=previous)
+        config = tiny_config(root, stage, single_file if stage == "stage1" else models, prepared_groups,
+                             init_checkpoint=previous, motion_module=models["motion_module"] if stage == "stage2" else None)
         config["validation"] = TINY_VALIDATION
         configs[stage] = root / f"{stage}.yaml"
         configs[stage].write_text(yaml.safe_dump(config, sort_keys=False))
