@@ -153,6 +153,8 @@ def test_frechet_trace_equals_the_scripts_scipy_sqrtm():
         reference = linalg.sqrtm(s1.dot(s2))  # the PCDMs script's way
         reference = np.trace(reference.real)
         assert metrics.trace_sqrt_product(s1, s2) == pytest.approx(reference, rel=1e-6, abs=1e-6)
+        root = metrics.sqrt_psd(s1)  # computed once per real set, shared by the modes
+        assert metrics.trace_sqrt_product(s1, s2, root) == pytest.approx(reference, rel=1e-6, abs=1e-6)
 
 
 def test_frechet_distance_of_known_gaussians():

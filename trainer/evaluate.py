@@ -278,6 +278,8 @@ def compute_metrics(args, jobs: list[Job], manifest: dict, state) -> dict:
         label = f"{size[0]}x{size[1]}"
         real_used = real[: used(len(real), FID_BATCH, args.remainder)]
         real_stats = fid_stats(real_used, size, inception, state, f"FID real set {label}")
+        real_mean, real_cov = real_stats.mean_cov()
+        real_root = metrics.sqrt_psd(real_cov) if state.is_main_process else None  # shared by the modes
         for mode in args.modes:
             pairs = sorted((out_path, prepared / target) for job in jobs if job.mode == mode
                            for out_path, target in zip(job.outputs(args.out), job.targets) if out_path.is_file())
@@ -291,7 +293,8 @@ def compute_metrics(args, jobs: list[Job], manifest: dict, state) -> dict:
                 "ssim": float(np.mean([r[1] for r in rows])),
                 "lpips_pcdms": float(np.mean([r[2] for r in lpips_rows])),
                 "lpips_standard": float(np.mean([r[3] for r in lpips_rows])),
-                "fid": metrics.frechet_distance(*gen_stats.mean_cov(), *real_stats.mean_cov()),
+                "fid": metrics.frechet_distance(real_mean, real_cov, *gen_stats.mean_cov(), root1=real_root)
+                if state.is_main_process else None,  # only the main process reports
                 "counted": {"ssim_pairs": len(rows), "lpips_pairs": len(lpips_rows), "fid_generated": gen_stats.count,
                             "fid_real": real_stats.count},
             }

@@ -206,19 +206,21 @@ def sqrt_psd(matrix: np.ndarray) -> np.ndarray:
     return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
 
 
-def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, root1: np.ndarray | None = None) -> float:
     """Tr(sqrtm(S1 S2)) for covariance matrices: the eigenvalues of S1 S2 are those of the symmetric
     sqrt(S1) S2 sqrt(S1), so it is the sum of their square roots. The same number as scipy's sqrtm (tested), in
-    seconds instead of minutes at 2048 x 2048."""
+    seconds instead of minutes at 2048 x 2048. `root1` = sqrt_psd(S1) when it is already known."""
     from scipy import linalg
 
-    root = sqrt_psd((sigma1 + sigma1.T) / 2)
+    root = sqrt_psd((sigma1 + sigma1.T) / 2) if root1 is None else root1
     inner = root @ sigma2 @ root
     values = linalg.eigvalsh((inner + inner.T) / 2)
     return float(np.sqrt(np.clip(values, 0, None)).sum())
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     root1: np.ndarray | None = None) -> float:
     """||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr(sqrt(S1 S2)): the Frechet distance of two Gaussians."""
     diff = mu1 - mu2
-    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt_product(sigma1, sigma2))
+    trace = trace_sqrt_product(sigma1, sigma2, root1)
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * trace)
