@@ -4,6 +4,7 @@ The multi-process run on the README's tiny setup is in tests/test_trainer_readme
 """
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,16 @@ def test_evaluation_conditioning_is_the_nodes_conditioning(comfy_nodes, tiny_mod
     context_diff = (ours["context"] - context).abs().max().item()
     print(f"{name}: masked latent {latent_diff:.2e}, FLC context {context_diff:.2e}")
     assert latent_diff <= TOLERANCE and context_diff <= TOLERANCE
+
+
+def test_batches_do_not_depend_on_the_number_of_processes():
+    jobs = evaluate_lib.make_jobs([[f"s{i // 4}", f"t{i}"] for i in range(11)], ["1to1", "1to3"], "repeat-pose")
+    batches = evaluate_lib.plan_batches(jobs, 4)
+    assert Counter(j for b in batches for j in b) == Counter(jobs), "every grid in one batch"
+    assert all(len({(j.mode, len(j.targets), j.replicate) for j in b}) == 1 and len(b) <= 4 for b in batches)
+    shards = {n: [batches[r::n] for r in range(n)] for n in (1, 2, 3)}
+    for n, parts in shards.items():  # every batch exactly once, unchanged, whatever the process count
+        assert sorted(map(id, (b for part in parts for b in part))) == sorted(map(id, batches)), n
 
 
 def test_jobs_cover_every_pair_once_per_mode():
@@ -167,9 +178,11 @@ def test_an_interrupted_run_finishes_only_what_is_missing(prepared, evaluated, t
     (missing.parent / f".{missing.name}.partial").write_bytes(b"half a png")  # what a kill leaves
     before = outputs(out)
     assert evaluate(prepared, out, "--batch-size", "2", "--modes", "1to3") == 0
-    assert "this one generates 1" in capsys.readouterr().out
+    assert "this one generates 2 grids" in capsys.readouterr().out  # the missing image's batch of two
     after = outputs(out)
-    assert missing in after and all(after[p] == t for p, t in before.items())
+    assert missing in after and all(after[p] == t for p, t in before.items()), "finished images are kept"
+    with Image.open(missing) as again, Image.open(evaluated / missing.relative_to(out)) as first:
+        assert np.array_equal(np.asarray(again), np.asarray(first)), "the same batch gives the same image"
     assert (out / "metrics.json").is_file()
 
 

@@ -161,7 +161,8 @@ class Generator:
         self.settings = settings
 
     def run(self, jobs: list[Job], prepared: Path, out: Path, rule: PoseRule, skip_bad: bool) -> list[Job]:
-        """Generate a batch of jobs with the same layout; returns the jobs skipped for bad input."""
+        """Generate a batch of jobs with the same layout, write the images not there yet; returns the jobs skipped
+        for bad input."""
         conditions, kept, skipped = [], [], []
         settings = self.settings
         for job in jobs:
@@ -183,36 +184,36 @@ class Generator:
         for (job, layout, sizes), grid_image in zip(kept, grids):
             cells = generate.target_cells(grid_image[None], layout)[0]
             for cell, size, path in zip(cells, sizes, job.outputs(out)):  # replicate: the first target cell
-                save_png(generate.uncrop(cell, tuple(size), settings), path)
+                if not path.is_file():  # a rerun regenerates a whole batch but keeps the images it had
+                    save_png(generate.uncrop(cell, tuple(size), settings), path)
         return skipped
 
 
+def plan_batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
+    """Jobs of one layout grouped into sampling batches in a fixed order. Processes take whole batches, so an image
+    comes out of the same batch (bit for bit the same) whatever the number of processes."""
+    by_layout: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        by_layout.setdefault((job.mode, len(job.targets), job.replicate), []).append(job)
+    return [group[i : i + batch_size] for group in by_layout.values() for i in range(0, len(group), batch_size)]
+
+
 def generate_all(args, jobs: list[Job], prepared: Path, rule: PoseRule, state) -> int:
-    """This process's share of the unfinished jobs; returns how many were skipped for bad input."""
+    """This process's share of the unfinished batches; returns how many grids were skipped for bad input."""
     from tqdm.auto import tqdm
 
-    mine = [job for job in jobs[state.process_index :: state.num_processes]
-            if not all(p.is_file() for p in job.outputs(args.out))]
+    batches = plan_batches(jobs, args.batch_size)
+    mine = [batch for batch in batches[state.process_index :: state.num_processes]
+            if not all(p.is_file() for job in batch for p in job.outputs(args.out))]
     if state.is_main_process:
-        print(f"[evaluate] {len(jobs)} grids, {state.num_processes} process(es); this one generates {len(mine)} "
-              f"(finished ones are skipped)", flush=True)
+        print(f"[evaluate] {len(jobs)} grids in {len(batches)} batches, {state.num_processes} process(es); this one "
+              f"generates {sum(len(b) for b in mine)} grids (finished batches are skipped)", flush=True)
     if not mine:
         return 0
-    settings = sampling_settings(args)
-    generator = Generator(args, settings, state.device)
+    generator = Generator(args, sampling_settings(args), state.device)
     skipped = 0
-    bar = tqdm(total=len(mine), desc="generating", unit="grid", disable=not state.is_main_process)
-    batches: dict[tuple, list[Job]] = {}
-    for job in mine:
-        key = (job.mode, len(job.targets), job.replicate)
-        batches.setdefault(key, []).append(job)
-        if len(batches[key]) == args.batch_size:
-            skipped += len(generator.run(batches.pop(key), prepared, args.out, rule, args.skip_bad))
-            bar.update(args.batch_size)
-    for batch in batches.values():
+    for batch in tqdm(mine, desc="generating", unit="batch", disable=not state.is_main_process):
         skipped += len(generator.run(batch, prepared, args.out, rule, args.skip_bad))
-        bar.update(len(batch))
-    bar.close()
     return skipped
 
 
