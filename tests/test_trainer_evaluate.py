@@ -218,3 +218,24 @@ def test_missing_metric_weights_stop_before_generating(prepared, tmp_path, capsy
                               "--out", str(tmp_path / "out"), "--metric-weights", str(tmp_path / "none")]) == 2
     assert f"{tmp_path / 'none' / 'inception_v3_google-0cc3c7bd.pth'} not found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("recorded", [None, "bicubic-size"])
+def test_dinov2_runs_with_the_position_resampling_the_checkpoint_records(prepared, tmp_path, recorded):
+    """As the nodes' loader: the pack's image_encoder_positions, else the authors' resampling."""
+    from argparse import Namespace
+
+    from imagpose.checkpoints import POSITIONS_KEY, save_pack
+    from imagpose.image_encoder import AUTHORS_POSITIONS
+    from imagpose.testing import make_tiny_model
+
+    _, paths = prepared
+    pack = save_pack(make_tiny_model(seed=5), tmp_path / "pack.safetensors",
+                     {POSITIONS_KEY: recorded} if recorded else None)
+    args = Namespace(checkpoint=pack, vae=paths["vae"], image_encoder=paths["image_encoder"], dtype="fp32")
+    generator = evaluate_lib.Generator(args, generate.Sampling(cell_height=CELL, cell_width=CELL), torch.device("cpu"))
+    expected = recorded or AUTHORS_POSITIONS
+    assert generator.encoder.positions == expected
+    table = lambda encoder: encoder.model.embeddings.position_embeddings  # noqa: E731
+    assert torch.equal(table(generator.encoder), table(load_dinov2(paths["image_encoder"], expected)))
+    assert recorded is None or not torch.equal(table(generator.encoder), table(load_dinov2(paths["image_encoder"])))

@@ -35,11 +35,13 @@ import torch
 from PIL import Image
 
 from imagpose.grid import make_layout
+from imagpose.image_encoder import AUTHORS_POSITIONS
 
 from . import generate, metrics
 from .processes import process_state
 from .data import DataError, PoseRule, load_rgb
-from .models import SetupError, check_compatible, load_image_encoder, load_vae, trained_model, vae_downscale
+from .models import (SetupError, check_compatible, load_image_encoder, load_vae, trained_model, trained_weights,
+                     vae_downscale)
 from .prepare import FORMAT, MANIFEST
 
 MODES = ("1to1", "1to3")
@@ -153,9 +155,12 @@ class Generator:
 
     def __init__(self, args, settings: generate.Sampling, device):
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-        self.model = trained_model(args.checkpoint).eval().requires_grad_(False).to(device, dtype)
+        weights = trained_weights(args.checkpoint)
+        self.model = trained_model(weights).eval().requires_grad_(False).to(device, dtype)
         self.vae = load_vae(args.vae).to(device)
-        self.encoder = load_image_encoder(args.image_encoder).to(device)
+        # DINOv2 as in training and in the nodes: the position resampling the checkpoint records (else the authors')
+        self.encoder = load_image_encoder(args.image_encoder,
+                                          weights.image_encoder_positions or AUTHORS_POSITIONS).to(device)
         check_compatible(self.model, self.vae, self.encoder)
         self.downscale = vae_downscale(self.vae)
         self.settings = settings

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from imagpose import image_encoder as image_encoder_lib
-from imagpose.checkpoints import CheckpointError, build_model, load_weights, read_motion_modules
+from imagpose.checkpoints import CheckpointError, IMAGPoseWeights, build_model, load_weights, read_motion_modules
 from imagpose.cva import AttentionFunction, sdpa_attention
 from imagpose.model import IMAGPoseModel
 from imagpose.patch_embed import PatchEmbedding
@@ -21,8 +21,7 @@ from imagpose.pose_guider import PoseGuider
 from imagpose.training import widen_conv_in
 from imagpose.unet import IN_CHANNELS, MOTION_KEY, IMAGPoseUNet, unet_config_from_state_dict
 
-from . import export
-from . import sources
+from . import export, sources
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +77,22 @@ def _plain(value):
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def trained_model(checkpoint: str | os.PathLike) -> IMAGPoseModel:
-    """A model from a trainer checkpoint-N folder (its EMA weights when it has them, as the stage's pack file), a
-    pack file, or the authors' files."""
+def trained_weights(checkpoint: str | os.PathLike) -> IMAGPoseWeights:
+    """The weights of a trainer checkpoint-N folder (its EMA weights when it has them, as the stage's pack file), a
+    pack file, or the authors' files; `image_encoder_positions` says how DINOv2 was run in training (None: the
+    file does not say, i.e. the authors')."""
     path = Path(checkpoint)
     try:
-        model = build_model(export.model_weights(path) if export.is_checkpoint(path) else load_weights(path))
+        return export.model_weights(path) if export.is_checkpoint(path) else load_weights(path)
+    except CheckpointError as error:
+        raise SetupError(f"model.init_checkpoint: {error}") from error
+
+
+def trained_model(checkpoint: str | os.PathLike | IMAGPoseWeights) -> IMAGPoseModel:
+    """A model from `trained_weights` (or weights already read)."""
+    weights = checkpoint if isinstance(checkpoint, IMAGPoseWeights) else trained_weights(checkpoint)
+    try:
+        model = build_model(weights)
     except CheckpointError as error:
         raise SetupError(f"model.init_checkpoint: {error}") from error
     with torch.no_grad():  # own memory: the loader may map the file, which must never be written through
