@@ -324,9 +324,8 @@ def test_image_encoder_is_a_model_comfyui_manages(parts, tiny_models):
 
 def test_flc_uses_the_dinov2_positions_the_pack_was_trained_with(parts, tiny_models):
     from imagpose.checkpoints import POSITIONS_KEY, save_pack
-    from imagpose.comfyui.conditioning import PHOTO_PAD
     from imagpose.image_encoder import AUTHORS_POSITIONS, encode, load_dinov2
-    from imagpose.imaging import fit_to_cell
+    from imagpose.imaging import PHOTO_PAD, fit_to_cell
     from imagpose.testing import make_tiny_model
 
     nodes, vae, _, encoder, _, _ = parts
