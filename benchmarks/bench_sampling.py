@@ -81,8 +81,8 @@ def main() -> None:
     encoder = run("IMAGPoseImageEncoderLoader", "tiny-dinov2")[0]
     source, poses = torch.rand(1, cell, cell, 3), torch.rand(4, cell, cell, 3)
     positive, negative = run("IMAGPoseFLCEncode", encoder, bundle, vae, source, 0, False, cell, cell, "pad")
-    positive, negative, latent, _ = run("IMAGPoseILCPack", positive, negative, vae, source, poses[1:], cell, cell,
-                                        "pad", "auto", source_poses=poses[:1])
+    (positive,), (negative,), (latent,), *_ = run("IMAGPoseILCPack", positive, negative, vae, source, poses[1:],
+                                                  cell, cell, "pad", "auto", source_poses=poses[:1])
     page_faults = []  # (minor, major) per sampling: weights read lazily from a memory-mapped file show up here
 
     def sample():

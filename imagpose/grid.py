@@ -2,6 +2,9 @@
 
 Cells are ordered top-left, top-right, bottom-left, bottom-right. A source cell holds a known view of
 the person (flag 1); a target cell is black in the masked grid (flag 0) and is generated.
+
+Any number of target poses is a sequence of grids (`plan_grids`): every grid holds all sources and the
+next 4 - S targets, so all grids share the sources (and the FLC context) and only the target cells change.
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import torch
 
 CELLS = 4
 MAX_SOURCES = 3
-MAX_TARGETS = 3
+MAX_TARGETS = 3  # per grid
+MAX_TARGET_POSES = 256  # per sequence: its conditioning (a pose grid per grid) is held in memory
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,60 @@ def make_layout(num_sources: int, num_targets: int, cell_height: int, cell_width
     cell_sources = tuple([i % num_sources for i in range(source_cells)] + [None] * num_targets)
     target_cells = tuple(range(source_cells, CELLS))
     return GridLayout(cell_sources, target_cells, cell_height, cell_width)
+
+
+def plan_grids(num_sources: int, num_targets: int, cell_height: int, cell_width: int) -> tuple[GridLayout, ...]:
+    """ceil(N / (4 - S)) grids for N target poses: each holds all S sources and the next 4 - S targets in pose
+    order; the last grid may hold fewer, its spare cells repeating the sources as `make_layout` does."""
+    if not 1 <= num_sources <= MAX_SOURCES:
+        raise ValueError(f"1 to {MAX_SOURCES} source images are needed, got {num_sources}")
+    if not 1 <= num_targets <= MAX_TARGET_POSES:
+        raise ValueError(f"1 to {MAX_TARGET_POSES} target poses are needed, got {num_targets}")
+    per_grid = CELLS - num_sources
+    counts = [min(per_grid, num_targets - first) for first in range(0, num_targets, per_grid)]
+    return tuple(make_layout(num_sources, count, cell_height, cell_width) for count in counts)
+
+
+def chunk_sizes(num_grids: int, grids_per_batch: int) -> tuple[int, ...]:
+    """How many grids each sampler batch gets, in order: full batches of `grids_per_batch`, then the rest."""
+    if num_grids < 1 or grids_per_batch < 1:
+        raise ValueError(f"need at least one grid and one grid per batch, got {num_grids} and {grids_per_batch}")
+    return tuple(min(grids_per_batch, num_grids - first) for first in range(0, num_grids, grids_per_batch))
+
+
+@dataclass(frozen=True)
+class SequenceLayout:
+    """The grids one ILC Pack made, in order, and how they were split into sampler batches (`chunks`: grids per
+    batch). What Grid Unpack needs to give back exactly one image per target pose, in pose order."""
+
+    grids: tuple[GridLayout, ...]
+    chunks: tuple[int, ...]
+
+    def __post_init__(self):
+        if not self.grids or sum(self.chunks) != len(self.grids):
+            raise ValueError(f"{len(self.grids)} grids do not split into batches of {self.chunks}")
+
+    @property
+    def cell_height(self) -> int:
+        return self.grids[0].cell_height
+
+    @property
+    def cell_width(self) -> int:
+        return self.grids[0].cell_width
+
+    @property
+    def num_targets(self) -> int:
+        return sum(len(g.target_cells) for g in self.grids)
+
+    def first_targets(self) -> tuple[int, ...]:
+        """Index (in pose order) of the first target pose of each grid."""
+        counts = [len(g.target_cells) for g in self.grids]
+        return tuple(sum(counts[:i]) for i in range(len(counts)))
+
+    def chunk_bounds(self) -> list[tuple[int, int]]:
+        """[first grid, end grid) of every sampler batch."""
+        ends = [sum(self.chunks[: i + 1]) for i in range(len(self.chunks))]
+        return [(end - size, end) for size, end in zip(self.chunks, ends)]
 
 
 def pack_grid(cells: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
@@ -101,6 +159,36 @@ def layout_cells(layout: GridLayout, sources: torch.Tensor, source_poses: torch.
     black = torch.zeros_like(sources[0])
     images = torch.stack([black if s is None else sources[s] for s in layout.cell_sources])
     return images, torch.cat(pose_cells(layout, source_poses, target_poses))
+
+
+def sequence_cells(layouts: tuple[GridLayout, ...] | list[GridLayout], sources: torch.Tensor, source_poses: torch.Tensor,
+                   target_poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`layout_cells` for a sequence of grids: (G, 4, C, H, W) images and (G, 4, 3, H, W) poses, grid g taking the
+    target poses that follow the previous grids' ones."""
+    needed = sum(len(layout.target_cells) for layout in layouts)
+    if needed != target_poses.shape[0]:
+        raise ValueError(f"the layouts hold {needed} targets, but {target_poses.shape[0]} target poses were given")
+    images, poses, first = [], [], 0
+    for layout in layouts:
+        count = len(layout.target_cells)
+        grid_images, grid_poses = layout_cells(layout, sources, source_poses, target_poses[first : first + count])
+        images.append(grid_images)
+        poses.append(grid_poses)
+        first += count
+    return torch.stack(images), torch.stack(poses)
+
+
+def unpack_cells(layout: SequenceLayout, grids: torch.Tensor, which: str = "targets") -> torch.Tensor:
+    """(G, C, 2H, 2W) generated grids -> (N, C, H, W), one per target pose in pose order (the source and spare cells
+    dropped), or with which="all" every cell of every grid (4G, TL, TR, BL, BR per grid)."""
+    if grids.shape[0] != len(layout.grids):
+        raise ValueError(f"{grids.shape[0]} grids for a layout of {len(layout.grids)}")
+    cells = torch.stack(split_grid(grids), dim=1)  # (G, 4, C, H, W)
+    if which == "all":
+        return cells.flatten(0, 1)
+    if which != "targets":
+        raise ValueError(f"which must be 'targets' or 'all', got {which!r}")
+    return torch.cat([cells[g, list(grid_layout.target_cells)] for g, grid_layout in enumerate(layout.grids)])
 
 
 def assemble(layouts: list[GridLayout], cell_images: torch.Tensor, cell_poses: torch.Tensor,

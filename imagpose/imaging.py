@@ -38,3 +38,10 @@ def fit_to_cell(images: torch.Tensor, height: int, width: int, mode: str = "pad"
         return resized[..., top : top + height, left : left + width]
     top, left, _, _ = content_box(*images.shape[-2:], height, width, mode)
     return F.pad(resized, (left, width - new_w - left, top, height - new_h - top), value=pad_value)
+
+
+def resize_to(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, height, width), aspect NOT kept: only to undo a stretch done elsewhere."""
+    if images.shape[-2:] == (height, width):
+        return images
+    return F.interpolate(images, size=(height, width), mode="bilinear", antialias=True, align_corners=False)

@@ -257,7 +257,7 @@ def test_imagpose_conditioning_on_a_plain_model_says_so(comfy_nodes, parts):
 
     from harness.plain_model import plain_model_patcher
 
-    positive, negative, latent, _ = node(comfy_nodes, "IMAGPoseILCPack").execute(
+    (positive,), (negative,), (latent,), *_ = node(comfy_nodes, "IMAGPoseILCPack").execute(
         parts["positive"], parts["negative"], parts["vae"], torch.rand(1, 64, 64, 3), torch.rand(2, 64, 64, 3), 64, 64,
         "pad", "auto", source_poses=torch.rand(1, 64, 64, 3)).result
     noise = torch.randn(latent["samples"].shape, generator=torch.Generator().manual_seed(0))

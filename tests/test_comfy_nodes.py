@@ -97,6 +97,14 @@ def run_node(nodes, name, *args, **kwargs):
     return nodes.NODE_CLASS_MAPPINGS[name].execute(*args, **kwargs).result
 
 
+def pack_module(nodes, name: str):
+    """A module of the pack as ComfyUI loaded it (its classes differ from this checkout's imports)."""
+    import sys
+
+    package = nodes.NODE_CLASS_MAPPINGS["IMAGPoseGridUnpack"].__module__.rsplit(".", 1)[0]
+    return sys.modules[f"{package}.{name}"]
+
+
 @pytest.fixture(scope="module")
 def parts(comfy_nodes, tiny_models):
     import comfy.sd
@@ -118,8 +126,12 @@ def images(n, h=64, w=64):
 @pytest.mark.parametrize("case,match", [
     ("no_sources", "input 'source_images': expected 1 to 3 images; got none"),
     ("four_sources", "input 'source_images': expected 1 to 3 images; got 4"),
-    ("four_targets", "input 'target_poses': expected 1 to 3 images; got 4"),
-    ("five_cells", "expected at most 4 cells in the grid; got 2 sources and 3 targets, which need 5 cells"),
+    ("four_sources_in_all", "input 'source_images \\+ source_2': expected 1 to 3 source images in all; got 2 \\+ 2 = 4"),
+    ("no_targets", "input 'target_poses': expected 1 to 256 rendered target poses .*; got nothing connected"),
+    ("zero_targets", "input 'target_poses': expected 1 to 256 images; got 0"),
+    ("both_targets", "input 'target_poses/target_keypoints': expected target poses on one of the two inputs; got both"),
+    ("one_batch_too_small", "input 'target_poses': expected at most 6 target poses for one batch of at most 2 grids "
+                            "\\(grids_per_batch\\) .*set batching to 'chunks'.*; got 7 target poses, which need 3 grids"),
     ("pose_count", "input 'source_poses': expected one pose per source image \\(2\\); got 1"),
     ("cell_size", "multiple of 64"),
     ("cell_mismatch", "set the same width, height and fit"),
@@ -127,14 +139,21 @@ def images(n, h=64, w=64):
 def test_ilc_pack_refuses_bad_input_clearly(parts, case, match):
     nodes, vae, _, _, positive, negative = parts
     sources, source_poses, targets, width, height = images(1), images(1), images(1), 64, 64
+    extra = {}
     if case == "no_sources":
         sources = None
     elif case == "four_sources":
         sources, source_poses = images(4), images(4)
-    elif case == "four_targets":
-        targets = images(4)
-    elif case == "five_cells":
-        sources, source_poses, targets = images(2), images(2), images(3)
+    elif case == "four_sources_in_all":
+        sources, source_poses, extra = images(2), images(4), {"source_2": images(2, 32, 32)}
+    elif case == "no_targets":
+        targets = None
+    elif case == "zero_targets":
+        targets = images(0)
+    elif case == "both_targets":
+        extra = {"target_keypoints": [{"canvas_width": 64, "canvas_height": 64, "people": []}]}
+    elif case == "one_batch_too_small":
+        targets, extra = images(7), {"batching": "one_batch", "grids_per_batch": 2}
     elif case == "pose_count":
         sources = images(2)
     elif case == "cell_size":
@@ -143,14 +162,14 @@ def test_ilc_pack_refuses_bad_input_clearly(parts, case, match):
         width = height = 128
     with pytest.raises(ValueError, match=f"^IMAGPose ILC Pack: .*{match}"):
         run_node(nodes, "IMAGPoseILCPack", positive, negative, vae, sources, targets, width, height, "pad", "auto",
-                 source_poses=source_poses)
+                 source_poses=source_poses, **extra)
 
 
 def test_sources_of_different_sizes_are_fitted_not_refused(parts):
     nodes, vae, _, _, positive, negative = parts
     out = run_node(nodes, "IMAGPoseILCPack", positive, negative, vae, images(2, 120, 80), images(1, 64, 200),
                    64, 64, "pad", "auto", source_poses=images(2, 30, 20))
-    assert out[2]["samples"].shape == (1, 4, 16, 16)
+    assert out[2][0]["samples"].shape == (1, 4, 16, 16)
 
 
 def test_flc_refuses_bad_reference_index(parts):
@@ -180,19 +199,26 @@ def test_not_imagpose_checkpoint_is_named_by_loader(comfy_nodes, tiny_models):
 
 def test_unpack_returns_targets_in_pose_order_and_checks_size(parts):
     nodes = parts[0]
-    from imagpose.grid import make_layout
-
-    layout = make_layout(1, 3, 32, 32)
+    grid = pack_module(nodes, "imagpose.grid")
+    SequenceLayout, make_layout = grid.SequenceLayout, grid.make_layout
+    layout = SequenceLayout((make_layout(1, 3, 32, 32),), (1,))
     decoded = torch.zeros(1, 64, 64, 3)
     decoded[:, :32, 32:] = 0.25  # TR = target 0
     decoded[:, 32:, :32] = 0.5   # BL = target 1
     decoded[:, 32:, 32:] = 0.75  # BR = target 2
-    out = run_node(nodes, "IMAGPoseGridUnpack", decoded, layout, "targets")[0]
+    out = run_node(nodes, "IMAGPoseGridUnpack", [decoded], [layout], ["targets"])[0]
     assert out.shape == (3, 32, 32, 3)
     assert [round(v, 2) for v in out.mean(dim=(1, 2, 3)).tolist()] == [0.25, 0.5, 0.75]
-    assert run_node(nodes, "IMAGPoseGridUnpack", decoded, layout, "all")[0].shape == (4, 32, 32, 3)
+    assert run_node(nodes, "IMAGPoseGridUnpack", [decoded], [layout], ["all"])[0].shape == (4, 32, 32, 3)
+    # a batch of variations of one grid (e.g. a repeated latent) unpacks grid by grid, as before
+    assert run_node(nodes, "IMAGPoseGridUnpack", [decoded.repeat(2, 1, 1, 1)], [layout], ["targets"])[0].shape[0] == 6
     with pytest.raises(ValueError, match="^IMAGPose Grid Unpack: input 'images': expected decoded grids of 64x64"):
-        run_node(nodes, "IMAGPoseGridUnpack", torch.zeros(1, 128, 64, 3), layout, "targets")
+        run_node(nodes, "IMAGPoseGridUnpack", [torch.zeros(1, 128, 64, 3)], [layout], ["targets"])
+    with pytest.raises(ValueError, match="^IMAGPose Grid Unpack: input 'which': expected one of targets, all"):
+        run_node(nodes, "IMAGPoseGridUnpack", [decoded], [layout], ["everything"])
+    two = SequenceLayout((make_layout(1, 3, 32, 32), make_layout(1, 1, 32, 32)), (2,))
+    with pytest.raises(ValueError, match="^IMAGPose Grid Unpack: input 'images': expected 2 decoded grids"):
+        run_node(nodes, "IMAGPoseGridUnpack", [decoded.repeat(3, 1, 1, 1)], [two], ["targets"])
 
 
 def astronaut(height=128, width=128):
@@ -208,7 +234,7 @@ def test_ilc_pack_extracts_source_poses_when_not_connected(parts):
     source = astronaut(256, 256)
     packed = run_node(nodes, "IMAGPoseILCPack", positive, negative, vae, source, images(1), 64, 64, "pad",
                       "mediapipe", source_poses=None)
-    pose_grid = packed[0][0][1]["model_conds"]["imagpose_pose"].cond
+    pose_grid = packed[0][0][0][1]["model_conds"]["imagpose_pose"].cond
     source_cell = pose_grid[0, :, :64, :64]
     assert source_cell.max() > 0.5, "no skeleton drawn in the source cell"
     assert (source_cell > 0.1).float().mean() < 0.5, "the source pose cell is not a skeleton on black"
@@ -381,8 +407,8 @@ def test_trailing_sigmas_drive_sampler_custom(parts, imagpose_model):
     import comfy.samplers
 
     nodes, vae, _, _, positive, negative = parts
-    positive, negative, latent, _ = run_node(nodes, "IMAGPoseILCPack", positive, negative, vae, images(1), images(1),
-                                             64, 64, "pad", "auto", source_poses=images(1))
+    (positive,), (negative,), (latent,), *_ = run_node(nodes, "IMAGPoseILCPack", positive, negative, vae, images(1),
+                                                       images(1), 64, 64, "pad", "auto", source_poses=images(1))
     sigmas = run_node(nodes, "IMAGPoseTrailingSigmas", imagpose_model, 2)[0]
     noise = comfy.sample.prepare_noise(latent["samples"], 0)
     out = comfy.sample.sample_custom(imagpose_model, noise, 2.0, comfy.samplers.sampler_object("ddim"), sigmas,

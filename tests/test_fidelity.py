@@ -40,8 +40,9 @@ def run_comfy(comfy_nodes, pack, vae, sources, source_poses, targets, cfg):
     encoder = comfy_nodes.NODE_CLASS_MAPPINGS["IMAGPoseImageEncoderLoader"].execute("tiny-dinov2").result[0]
     positive, negative = comfy_nodes.NODE_CLASS_MAPPINGS["IMAGPoseFLCEncode"].execute(
         encoder, bundle, vae, sources, 0, False, CELL, CELL, "pad").result
-    positive, negative, latent, layout = comfy_nodes.NODE_CLASS_MAPPINGS["IMAGPoseILCPack"].execute(
+    positives, negatives, latents, layout, _ = comfy_nodes.NODE_CLASS_MAPPINGS["IMAGPoseILCPack"].execute(
         positive, negative, vae, sources, targets, CELL, CELL, "pad", "auto", source_poses=source_poses).result
+    (positive,), (negative,), (latent,) = positives, negatives, latents  # one grid: one chunk
 
     captured = {}
 
@@ -190,8 +191,8 @@ def test_training_conditioning_equals_inference_conditioning(setup, tiny_models,
     _, bundle = run("IMAGPoseModelLoader", "tiny-imagpose.safetensors", "none", "auto", "auto")
     encoder = run("IMAGPoseImageEncoderLoader", "tiny-dinov2")[0]
     positive, _ = run("IMAGPoseFLCEncode", encoder, bundle, vae, sources, 0, False, CELL, CELL, "pad")
-    positive, _, _, _ = run("IMAGPoseILCPack", positive, positive, vae, sources, targets, CELL, CELL, "pad", "auto",
-                            source_poses=poses[:n_sources])
+    (positive,), *_ = run("IMAGPoseILCPack", positive, positive, vae, sources, targets, CELL, CELL, "pad", "auto",
+                          source_poses=poses[:n_sources])
     context, options = positive[0]
 
     chw = cells.movedim(-1, 1)[None]

@@ -89,3 +89,71 @@ def test_fit_keeps_aspect_and_never_stretches():
     assert cropped[..., :, 25:39].mean() > 0.9 and cropped[..., :, :20].mean() < 0.1
     with pytest.raises(ValueError):
         fit_to_cell(image, 64, 64, "stretch")
+
+
+@pytest.mark.parametrize("sources,targets,per_grid", [
+    (1, 1, [1]), (1, 3, [3]), (1, 4, [3, 1]), (1, 12, [3, 3, 3, 3]), (1, 13, [3, 3, 3, 3, 1]),
+    (2, 5, [2, 2, 1]), (3, 3, [1, 1, 1]), (1, 64, [3] * 21 + [1]),
+])
+def test_plan_grids_fills_each_grid_with_all_sources_and_the_next_targets(sources, targets, per_grid):
+    layouts = grid.plan_grids(sources, targets, 8, 8)
+    assert [len(g.target_cells) for g in layouts] == per_grid
+    for layout in layouts:
+        assert layout == grid.make_layout(sources, len(layout.target_cells), 8, 8)
+        assert set(s for s in layout.cell_sources if s is not None) == set(range(sources))
+    sequence = grid.SequenceLayout(layouts, (len(layouts),))
+    assert sequence.num_targets == targets
+    assert sequence.first_targets() == tuple(sum(per_grid[:i]) for i in range(len(per_grid)))
+
+
+@pytest.mark.parametrize("sources,targets", [(0, 1), (4, 1), (1, 0), (1, grid.MAX_TARGET_POSES + 1)])
+def test_plan_grids_refuses_impossible_counts(sources, targets):
+    with pytest.raises(ValueError):
+        grid.plan_grids(sources, targets, 8, 8)
+
+
+def test_chunks_cover_every_grid_in_order():
+    assert grid.chunk_sizes(7, 3) == (3, 3, 1)
+    assert grid.chunk_sizes(2, 8) == (2,)
+    layout = grid.SequenceLayout(grid.plan_grids(1, 20, 8, 8), grid.chunk_sizes(7, 3))
+    assert layout.chunk_bounds() == [(0, 3), (3, 6), (6, 7)]
+    with pytest.raises(ValueError):
+        grid.SequenceLayout(grid.plan_grids(1, 20, 8, 8), (3, 3))
+
+
+def test_sequence_cells_then_unpack_give_every_target_once_in_pose_order():
+    """Target pose j is drawn in exactly one cell, and unpacking the grids returns cell contents in pose order."""
+    sources, targets = 2, 7
+    layouts = grid.plan_grids(sources, targets, 4, 4)
+    source_cells = torch.stack([torch.full((3, 4, 4), -1.0 - s) for s in range(sources)])
+    target_poses = torch.stack([torch.full((3, 4, 4), float(j)) for j in range(targets)])
+    images, poses = grid.sequence_cells(layouts, source_cells, source_cells, target_poses)
+    assert images.shape == poses.shape == (len(layouts), 4, 3, 4, 4)
+    pose_grids = grid.pack_grid(list(poses.unbind(1)))
+    sequence = grid.SequenceLayout(layouts, (1,) * len(layouts))
+    unpacked = grid.unpack_cells(sequence, pose_grids)
+    assert [c.mean().item() for c in unpacked] == list(range(targets))
+    everything = grid.unpack_cells(sequence, pose_grids, "all")
+    assert everything.shape[0] == 4 * len(layouts)
+    assert sorted(c.mean().item() for c in everything if c.mean() < 0) == sorted(
+        -1.0 - s for layout in layouts for s in layout.cell_sources if s is not None)
+    with pytest.raises(ValueError):
+        grid.sequence_cells(layouts, source_cells, source_cells, target_poses[:-1])
+
+
+def test_preview_labels_roles_and_frames_targets():
+    from imagpose.preview import cell_labels, packed_preview
+
+    layouts = grid.plan_grids(1, 4, 64, 64)
+    sequence = grid.SequenceLayout(layouts, (2,))
+    assert cell_labels(sequence) == [["S1", "T1", "T2", "T3"], ["S1", "S1", "S1", "T4"]]
+    masked = torch.zeros(2, 3, 128, 128)
+    masked[:, :, :64, :64] = 0.5  # the source cell
+    poses = torch.zeros(2, 3, 128, 128)
+    preview = packed_preview(sequence, masked, poses)
+    assert preview.shape == (2, 3, 128, 256)
+    # a target cell's border is white (framed), a source cell's border is not; the cell middle is left as packed
+    assert preview[0, :, 64, 64 + 1].min() > 0.9 and preview[0, :, 64, 256 - 2].min() > 0.9
+    assert preview[0, :, 63, 1].max() < 0.9
+    assert torch.allclose(preview[0, :, 32, 32], torch.tensor(0.5), atol=0.01)
+    assert preview[0, :, 100, 100].max() < 0.01 and preview[0, :, 100, 228].max() < 0.01

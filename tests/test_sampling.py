@@ -181,8 +181,8 @@ def comfy_sample(nodes, vae, sources, source_poses, targets, sigmas, sampler, cf
     model, bundle = run("IMAGPoseModelLoader", CALM_PACK, "none", "auto", "auto")
     encoder = run("IMAGPoseImageEncoderLoader", "tiny-dinov2")[0]
     positive, negative = run("IMAGPoseFLCEncode", encoder, bundle, vae, sources, 0, False, CELL, CELL, "pad")
-    positive, negative, latent, _ = run("IMAGPoseILCPack", positive, negative, vae, sources, targets, CELL, CELL,
-                                        "pad", "auto", source_poses=source_poses)
+    (positive,), (negative,), (latent,), *_ = run("IMAGPoseILCPack", positive, negative, vae, sources, targets, CELL,
+                                                  CELL, "pad", "auto", source_poses=source_poses)
     noise = torch.randn(latent["samples"].shape, generator=torch.Generator().manual_seed(seed))
     out = comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.sampler_object(sampler), sigmas, positive,
                                      negative, latent["samples"], disable_pbar=True, seed=seed)

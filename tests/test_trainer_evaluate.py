@@ -63,10 +63,11 @@ def test_evaluation_conditioning_is_the_nodes_conditioning(comfy_nodes, tiny_mod
     _, bundle = run("IMAGPoseModelLoader", "tiny-imagpose.safetensors", "none", "auto", "auto")
     encoder = run("IMAGPoseImageEncoderLoader", "tiny-dinov2")[0]
     positive, negative = run("IMAGPoseFLCEncode", encoder, bundle, comfy_vae, nhwc(source), 0, False, CELL, CELL, "pad")
-    positive, _, _, node_layout = run("IMAGPoseILCPack", positive, negative, comfy_vae, nhwc(source), nhwc(poses), CELL,
-                                      CELL, "pad", "auto", source_poses=nhwc(source_pose))
+    (positive,), _, _, node_layout, _ = run("IMAGPoseILCPack", positive, negative, comfy_vae, nhwc(source), nhwc(poses),
+                                            CELL, CELL, "pad", "auto", source_poses=nhwc(source_pose))
     context, options = positive[0]
-    assert (node_layout.cell_sources, node_layout.target_cells) == (layout.cell_sources, layout.target_cells)
+    (node_grid,) = node_layout.grids
+    assert (node_grid.cell_sources, node_grid.target_cells) == (layout.cell_sources, layout.target_cells)
     assert torch.equal(ours["flags"], options["concat_mask"])
     assert torch.equal(ours["pose_grid"], options["model_conds"]["imagpose_pose"].cond)
     latent_diff = (ours["masked_latent"] - options["concat_latent_image"] * LATENT_SCALE).abs().max().item()

@@ -2,6 +2,12 @@
 
 The tensors are made by the library functions the trainer uses too (`imagpose.grid.assemble`,
 `imagpose.model.flc_context`), so inference conditioning cannot drift from training conditioning.
+
+Many target poses become a sequence of grids (`imagpose.grid.plan_grids`) sampled as one latent batch, or in
+chunks: ILC Pack's positive, negative and latent are output lists (one entry per chunk), so ComfyUI runs the stock
+KSampler (and VAE Decode) once per chunk; Grid Unpack takes the lists back (is_input_list). With several grids every
+latent carries ComfyUI's `batch_index` (grid numbers), so grid g gets the g-th noise of the seed however the grids
+are chunked.
 """
 from __future__ import annotations
 
@@ -14,16 +20,23 @@ import node_helpers
 
 from .. import grid
 from ..image_encoder import AUTHORS_POSITIONS
-from ..imaging import PHOTO_PAD, POSE_PAD, fit_to_cell, resized_size
+from ..imaging import PHOTO_PAD, POSE_PAD, fit_to_cell, resize_to, resized_size
 from ..model import LATENT_SCALE, flc_context
 from ..patch_embed import PatchEmbedding
+from ..preview import packed_preview
 from . import memory
 from .errors import InputError
 from .model_patch import POSE_COND, PoseGridCond
+from .pose import render_target_sequence
 
 CELL_KEY = "imagpose_cell"  # (height, width, fit) the FLC was made for, checked by the ILC node
 FLC_MULTIPLE = 8  # the reference is VAE-encoded at cell size
 ILC_MULTIPLE = 64  # the grid latent must split evenly down to the UNet's lowest resolution
+UNPACK_CHOICES = ("targets", "all")
+BATCHING = ("one_batch", "chunks")
+DEFAULT_GRIDS_PER_BATCH = 8
+MAX_GRIDS_PER_BATCH = 64
+EXTRA_SOURCES = ("source_2", "source_3")
 
 
 @dataclass
@@ -105,18 +118,41 @@ def encode_latent(vae, images_bchw: torch.Tensor) -> torch.Tensor:
     return vae.encode(to_channels_last(images_bchw)).float()
 
 
+def source_groups(source_images: torch.Tensor | None, source_2: torch.Tensor | None = None,
+                  source_3: torch.Tensor | None = None) -> list[tuple[str, torch.Tensor]]:
+    """The source photos by input, each input kept at its own size: photos of different sizes connected to
+    source_2/source_3 reach the cell fit undistorted (ComfyUI's Batch Images would stretch them to one size)."""
+    groups = [("source_images", check_images("source_images", source_images, 1, grid.MAX_SOURCES))]
+    for name, images in zip(EXTRA_SOURCES, (source_2, source_3)):
+        if images is not None:
+            groups.append((name, check_images(name, images, 1, grid.MAX_SOURCES)))
+    total = sum(images.shape[0] for _, images in groups)
+    if total > grid.MAX_SOURCES:
+        names = " + ".join(name for name, _ in groups)
+        raise InputError(names, f"1 to {grid.MAX_SOURCES} source images in all",
+                         " + ".join(str(images.shape[0]) for _, images in groups) + f" = {total}")
+    return groups
+
+
+def fit_groups(groups: list[tuple[str, torch.Tensor]], height: int, width: int, fit: str, pad: float) -> torch.Tensor:
+    """(S, 3, height, width): every input's images fitted to the cell on their own (`fit_cells`), in input order."""
+    return torch.cat([fit_cells(name, images, height, width, fit, pad) for name, images in groups])
+
+
 def flc_conditioning(encoder, bundle: IMAGPoseBundle, vae, sources: torch.Tensor, reference_index: int,
-                     use_all_sources: bool, height: int, width: int, fit: str) -> tuple[list, list]:
+                     use_all_sources: bool, height: int, width: int, fit: str,
+                     source_2: torch.Tensor | None = None, source_3: torch.Tensor | None = None) -> tuple[list, list]:
     """Positive: [DINOv2 tokens, patch tokens of the cell-size reference latent]; negative: zeros like it."""
-    sources = check_images("source_images", sources, 1, grid.MAX_SOURCES)
+    groups = source_groups(sources, source_2, source_3)
+    count = sum(images.shape[0] for _, images in groups)
     check_cell(height, width, FLC_MULTIPLE)
-    if not use_all_sources and reference_index >= sources.shape[0]:
-        raise InputError("reference_index", f"0..{sources.shape[0] - 1} for {sources.shape[0]} source image(s)",
-                         str(reference_index))
-    picked = sources if use_all_sources else sources[reference_index : reference_index + 1]
+    if not use_all_sources and reference_index >= count:
+        raise InputError("reference_index", f"0..{count - 1} for {count} source image(s)", str(reference_index))
     check_vae(vae)
-    check_vae_memory(vae, picked.shape[0], height, width, "cells the VAE can encode")
-    cells = fit_cells("source_images", picked, height, width, fit, PHOTO_PAD)
+    check_vae_memory(vae, count if use_all_sources else 1, height, width, "cells the VAE can encode")
+    cells = fit_groups(groups, height, width, fit, PHOTO_PAD)
+    if not use_all_sources:
+        cells = cells[reference_index : reference_index + 1]
     width_expected = bundle.patch_embed.config["embed_dim"]
     if encoder.width != width_expected:
         raise InputError("image_encoder", f"tokens {width_expected} wide, as this IMAGPose model takes (e.g. "
@@ -137,54 +173,128 @@ def check_same_cell(name: str, conditioning: list, height: int, width: int, fit:
                              f"conditioning made for cell {made_for[1]}x{made_for[0]} ({made_for[2]})")
 
 
-def ilc_conditioning(positive: list, negative: list, vae, sources: torch.Tensor, target_poses: torch.Tensor,
-                     source_poses: torch.Tensor | None, height: int, width: int, fit: str,
-                     extract_poses=None) -> tuple[list, list, dict, grid.GridLayout]:
-    """Attach the flag map, masked grid latent and pose grid to both conditionings; empty grid latent; layout."""
-    sources = check_images("source_images", sources, 1, grid.MAX_SOURCES)
-    target_poses = check_images("target_poses", target_poses, 1, grid.MAX_TARGETS)
-    if sources.shape[0] + target_poses.shape[0] > grid.CELLS:
-        raise InputError("source_images + target_poses", f"at most {grid.CELLS} cells in the grid",
-                         f"{sources.shape[0]} sources and {target_poses.shape[0]} targets, which need "
-                         f"{sources.shape[0] + target_poses.shape[0]} cells")
+def target_pose_images(target_poses: torch.Tensor | None, target_keypoints) -> tuple[str, torch.Tensor]:
+    """(input name, rendered target poses (N, H, W, C)) from whichever of the two inputs is connected."""
+    if target_poses is not None and target_keypoints is not None:
+        raise InputError("target_poses/target_keypoints", "target poses on one of the two inputs", "both connected")
+    if target_keypoints is not None:
+        return "target_keypoints", render_target_sequence("target_keypoints", target_keypoints, grid.MAX_TARGET_POSES)
+    if target_poses is None:
+        raise InputError("target_poses", f"1 to {grid.MAX_TARGET_POSES} rendered target poses (or POSE_KEYPOINT frames "
+                         "on target_keypoints)", "nothing connected")
+    return "target_poses", check_images("target_poses", target_poses, 1, grid.MAX_TARGET_POSES)
+
+
+def batch_sizes(num_grids: int, num_sources: int, batching: str, grids_per_batch: int, targets_input: str,
+                num_targets: int) -> tuple[int, ...]:
+    """Grids per sampler batch: all in one (at most grids_per_batch), or chunks of at most grids_per_batch."""
+    if batching == "one_batch" and num_grids > grids_per_batch:
+        per_grid = grid.CELLS - num_sources
+        raise InputError(targets_input, f"at most {grids_per_batch * per_grid} target poses for one batch of at most "
+                         f"{grids_per_batch} grids (grids_per_batch) of {per_grid} targets each with {num_sources} "
+                         "source(s); set batching to 'chunks' to sample them grids_per_batch grids at a time, or "
+                         "raise grids_per_batch", f"{num_targets} target poses, which need {num_grids} grids")
+    return grid.chunk_sizes(num_grids, grids_per_batch)
+
+
+def source_pose_cells(groups: list[tuple[str, torch.Tensor]], source_poses: torch.Tensor | None, extract_poses,
+                      height: int, width: int, fit: str) -> torch.Tensor:
+    """(S, 3, H, W) pose cells of the sources: connected, or extracted from each source input at its own size."""
+    count = sum(images.shape[0] for _, images in groups)
     if source_poses is None:
         if extract_poses is None:
             raise InputError("source_poses", "rendered source poses, or a pose detector to extract them",
                              "not connected, and no pose detector available")
-        source_poses = extract_poses(sources)
+        extracted = [(name, extract_poses(images)) for name, images in groups]
+        return fit_groups(extracted, height, width, fit, POSE_PAD)
     source_poses = check_images("source_poses", source_poses, 1, grid.MAX_SOURCES)
-    if source_poses.shape[0] != sources.shape[0]:
-        raise InputError("source_poses", f"one pose per source image ({sources.shape[0]})", str(source_poses.shape[0]))
+    if source_poses.shape[0] != count:
+        raise InputError("source_poses", f"one pose per source image ({count})", str(source_poses.shape[0]))
+    if len(groups) == 1:
+        return fit_cells("source_poses", source_poses, height, width, fit, POSE_PAD)
+    # photos of several sizes: a pose batch made with Batch Images was stretched to the first photo's size; each
+    # pose goes back to its own photo's size, then into the cell like the photo
+    sizes = [images.shape[1:3] for _, images in groups for _ in range(images.shape[0])]
+    return torch.cat([fit_cells("source_poses", resize_to(to_channels_first(source_poses[i : i + 1]), *size)
+                                .movedim(1, -1), height, width, fit, POSE_PAD) for i, size in enumerate(sizes)])
+
+
+def ilc_conditioning(positive: list, negative: list, vae, sources: torch.Tensor, target_poses: torch.Tensor | None,
+                     source_poses: torch.Tensor | None, height: int, width: int, fit: str, extract_poses=None, *,
+                     source_2: torch.Tensor | None = None, source_3: torch.Tensor | None = None, target_keypoints=None,
+                     batching: str = "one_batch", grids_per_batch: int = DEFAULT_GRIDS_PER_BATCH,
+                     ) -> tuple[list, list, list, grid.SequenceLayout, torch.Tensor]:
+    """Per sampler batch (chunk) of grids: both conditionings with the flag maps, masked grid latents and pose grids
+    attached, and the empty grid latent; the sequence layout; the preview IMAGE (masked | pose grid per grid)."""
+    groups = source_groups(sources, source_2, source_3)
+    num_sources = sum(images.shape[0] for _, images in groups)
+    targets_input, targets = target_pose_images(target_poses, target_keypoints)
     check_cell(height, width, ILC_MULTIPLE)
     check_same_cell("positive", positive, height, width, fit)
     check_same_cell("negative", negative, height, width, fit)
     check_vae(vae)
     check_vae_memory(vae, grid.CELLS, height, width, "a cell whose 2x2 grid the VAE can encode")
+    layouts = grid.plan_grids(num_sources, targets.shape[0], height, width)
+    layout = grid.SequenceLayout(layouts, batch_sizes(len(layouts), num_sources, batching, grids_per_batch,
+                                                      targets_input, targets.shape[0]))
+    # what is kept for every grid: the pose grid (conditioning) and the masked grid (preview), and the preview
+    memory.require(targets_input, "grids whose conditioning and preview fit in memory",
+                   4 * memory.image_bytes(len(layouts), 2 * height, 2 * width),
+                   f"{targets.shape[0]} target poses in {len(layouts)} grids of {2 * width}x{2 * height}")
+    source_cells = fit_groups(groups, height, width, fit, PHOTO_PAD)
+    source_poses = source_pose_cells(groups, source_poses, extract_poses, height, width, fit)
 
-    layout = grid.make_layout(sources.shape[0], target_poses.shape[0], height, width)
-    images, poses = grid.layout_cells(layout,
-                                      fit_cells("source_images", sources, height, width, fit, PHOTO_PAD),
-                                      fit_cells("source_poses", source_poses, height, width, fit, POSE_PAD),
-                                      fit_cells("target_poses", target_poses, height, width, fit, POSE_PAD))
-    masked, pose_grid, flags = grid.assemble([layout], images[None], poses[None], vae.spacial_compression_encode())
-    masked_latent = encode_latent(vae, masked)
-    values = {"concat_mask": flags, "concat_latent_image": masked_latent,
-              "model_conds": {POSE_COND: PoseGridCond(pose_grid)}}
-    latent = torch.zeros_like(masked_latent, device=comfy.model_management.intermediate_device())
-    return (node_helpers.conditioning_set_values(positive, values), node_helpers.conditioning_set_values(negative, values),
-            {"samples": latent}, layout)
+    positives, negatives, latents, previews = [], [], [], []
+    first_targets = layout.first_targets() + (targets.shape[0],)
+    for start, end in layout.chunk_bounds():
+        chunk_targets = fit_cells(targets_input, targets[first_targets[start] : first_targets[end]],
+                                  height, width, fit, POSE_PAD)
+        images, poses = grid.sequence_cells(layouts[start:end], source_cells, source_poses, chunk_targets)
+        masked, pose_grid, flags = grid.assemble(list(layouts[start:end]), images, poses,
+                                                 vae.spacial_compression_encode())
+        masked_latent = encode_latent(vae, masked)
+        values = {"concat_mask": flags, "concat_latent_image": masked_latent,
+                  "model_conds": {POSE_COND: PoseGridCond(pose_grid)}}
+        positives.append(node_helpers.conditioning_set_values(positive, values))
+        negatives.append(node_helpers.conditioning_set_values(negative, values))
+        latent = torch.zeros_like(masked_latent, device=comfy.model_management.intermediate_device())
+        # several grids: batch_index numbers them for KSampler's noise; one grid keeps the latent it always had
+        latents.append({"samples": latent, "batch_index": list(range(start, end))} if len(layouts) > 1
+                       else {"samples": latent})
+        previews.append((masked, pose_grid))
+    masked_all, poses_all = (torch.cat(parts) for parts in zip(*previews))
+    preview = to_channels_last(packed_preview(layout, masked_all, poses_all))
+    return positives, negatives, latents, layout, preview
 
 
-def unpack_images(images: torch.Tensor, layout: grid.GridLayout, cells: str) -> torch.Tensor:
-    """Decoded grid IMAGE batch -> target cells (pose order) or all four cells, per grid in the batch."""
+def single(name: str, values: list):
+    """The one value of a list input (Grid Unpack takes its inputs as lists)."""
+    if len(values) != 1:
+        raise InputError(name, "one value", f"a list of {len(values)}")
+    return values[0]
+
+
+def unpack_images(images: list[torch.Tensor], layouts: list, which: list) -> torch.Tensor:
+    """Decoded grids (one IMAGE per sampler batch, in order) -> one image per target pose in pose order, or with
+    which='all' the four cells of every grid."""
+    layout, cells = single("layout", layouts), single("which", which)
+    if not isinstance(layout, grid.SequenceLayout):
+        raise InputError("layout", "the layout output of IMAGPose ILC Pack", type(layout).__name__)
     expected = (layout.cell_height * 2, layout.cell_width * 2)
-    if images.ndim != 4:
-        raise InputError("images", "an IMAGE batch (B, H, W, C)", f"shape {tuple(images.shape)}")
-    if tuple(images.shape[1:3]) != expected:
-        raise InputError("images", f"decoded grids of {expected[1]}x{expected[0]} px for this layout",
-                         f"{images.shape[2]}x{images.shape[1]}")
-    order = layout.target_cells if cells == "targets" else range(grid.CELLS)
-    memory.require("images", "cells to cut out", memory.image_bytes(images.shape[0] * len(order), layout.cell_height,
-                   layout.cell_width, images.shape[-1]), f"{images.shape[0]} grid(s) of {expected[1]}x{expected[0]}")
-    split = grid.split_grid(images.movedim(-1, 1))
-    return torch.stack([split[i] for i in order], dim=1).flatten(0, 1).movedim(1, -1)
+    for batch in images:
+        if batch.ndim != 4:
+            raise InputError("images", "an IMAGE batch (B, H, W, C)", f"shape {tuple(batch.shape)}")
+        if tuple(batch.shape[1:3]) != expected:
+            raise InputError("images", f"decoded grids of {expected[1]}x{expected[0]} px for this layout",
+                             f"{batch.shape[2]}x{batch.shape[1]}")
+    count = sum(batch.shape[0] for batch in images)
+    if count != len(layout.grids):
+        if len(layout.grids) != 1:
+            raise InputError("images", f"{len(layout.grids)} decoded grids, in the order IMAGPose ILC Pack made them",
+                             str(count))
+        layout = grid.SequenceLayout(layout.grids * count, (count,))  # variations of one grid (a repeated latent)
+    kept = layout.num_targets if cells == "targets" else grid.CELLS * count
+    memory.require("images", "cells to cut out", 2 * memory.image_bytes(kept, layout.cell_height, layout.cell_width,
+                   images[0].shape[-1]), f"{count} grid(s) of {expected[1]}x{expected[0]}")
+    grids = torch.cat(list(images)).movedim(-1, 1)
+    return grid.unpack_cells(layout, grids, cells).movedim(1, -1)

@@ -126,3 +126,26 @@ def retarget(target_keypoints, source_keypoints, anchor: str, include_hands: boo
     check_pose_images("source_keypoints", out, width, height, " (the source poses' canvas)")
     images = draw("target_keypoints", out, width, height, include_hands, include_face)
     return P.frames_to_openpose(out), images
+
+
+def render_target_sequence(input_name: str, keypoints, max_frames: int):
+    """POSE_KEYPOINT frames -> target pose images, drawn as the training poses were (body and hands, no face). A
+    sequence must show a person in every frame and share one canvas, so every frame is fitted to the cell alike."""
+    frames = parse_keypoints(input_name, keypoints)
+    if len(frames) > max_frames:
+        raise InputError(input_name, f"1 to {max_frames} frames", f"{len(frames)} frames")
+    empty = [i for i, frame in enumerate(frames) if not any(person.visible.any() for person in frame.people)]
+    if empty:
+        shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+        raise InputError(input_name, "a person in every frame (each frame is one target pose)",
+                         f"no person in frame(s) {shown} of {len(frames)} (counting from 0)")
+    canvases = {(frame.width, frame.height) for frame in frames}
+    if len(canvases) > 1:
+        first = frames[0]
+        other = next(i for i, f in enumerate(frames) if (f.width, f.height) != (first.width, first.height))
+        raise InputError(input_name, "frames on one canvas size, as a pose sequence has (retarget them onto the source "
+                         "with IMAGPose Pose Retarget, which puts every frame on the source's canvas)",
+                         f"frame 0 on {first.width}x{first.height} and frame {other} on "
+                         f"{frames[other].width}x{frames[other].height}")
+    check_pose_images(input_name, frames, None, None, " (the frames' canvas_width x canvas_height)")
+    return draw(input_name, frames, None, None, include_hands=True, include_face=False, with_progress=True)

@@ -6,12 +6,15 @@ from .assets import (
     EXPECTED_MODEL_PATHS,
     POSE_FILES,
     POSE_PHOTO_FILES,
+    POSE_SEQUENCE_FILES,
     SOURCE_FILES,
     draw_pose,
     ensure_test_models,
     image_stats,
     link_models,
+    openpose_frame,
     photo,
+    sequence_pose,
     write_inputs,
 )
 from .client import ComfyClient, ComfyHTTPError, PromptFailed, cached_nodes, describe_error, output_images

@@ -77,6 +77,43 @@ POSES = {
 }
 
 
+def sequence_pose(frame: int, frames: int) -> dict[int, tuple[float, float]]:
+    """Frame `frame` of a `frames`-long dance (normalised, aspect 2:3): the arms swing from down to up and back,
+    a quarter cycle apart, the legs step out in turn; every frame is a different pose and the cycle closes."""
+    import math
+
+    phase = 2 * math.pi * frame / frames
+    aspect = 1.5  # x is normalised by a width 2/3 of the height: lengths in x are 1.5 times as long
+
+    def limb(start, angle, length):
+        return (start[0] + length * aspect * math.sin(angle), start[1] + length * math.cos(angle))
+
+    points = _pose()
+    for shoulder, elbow, wrist, side, offset in ((2, 3, 4, -1, 0.0), (5, 6, 7, 1, math.pi / 2)):
+        raise_angle = 0.4 * math.pi * (1 - math.cos(phase + offset))  # 0 = hanging, 0.8 pi = up and out
+        points[elbow] = limb(points[shoulder], side * raise_angle, 0.10)
+        points[wrist] = limb(points[elbow], side * (raise_angle + 0.3), 0.09)
+    for hip, knee, ankle, side, offset in ((8, 9, 10, -1, 0.0), (11, 12, 13, 1, math.pi)):
+        swing = side * (0.05 + 0.3 * max(0.0, math.sin(phase + offset)))  # outward steps, never crossing
+        points[knee] = limb(points[hip], swing, 0.18)
+        points[ankle] = limb(points[knee], swing * 0.5, 0.18)
+    return points
+
+
+def openpose_frame(keypoints: dict[int, tuple[float, float]], width: int = 512, height: int = 768) -> dict:
+    """One POSE_KEYPOINT entry (OpenPose JSON, pixels) for normalised COCO-18 keypoints; missing points are 0, 0, 0."""
+    body = []
+    for index in range(18):
+        x, y = keypoints.get(index, (0.0, 0.0))
+        body += [x * width, y * height, 1.0] if index in keypoints else [0.0, 0.0, 0.0]
+    return {"canvas_width": width, "canvas_height": height, "people": [{"pose_keypoints_2d": body}]}
+
+
+def write_animation(path: Path, frames: list[Image.Image]) -> None:
+    """A lossless animated PNG; ComfyUI's Load Image turns its frames into one IMAGE batch."""
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=125, loop=0, disposal=0, blend=0)
+
+
 def draw_pose(keypoints: dict[int, tuple[float, float]], width: int = 512, height: int = 768) -> Image.Image:
     """Draw an OpenPose-style skeleton (normalised keypoints) on a black RGB image."""
     image = Image.new("RGB", (width, height), (0, 0, 0))
@@ -112,6 +149,9 @@ POSE_FILES = {  # file name in ComfyUI's input/ -> pose
     "imagpose_pose_3.png": "walking",
     "imagpose_pose_4.png": "t_pose",
 }
+POSE_SEQUENCE_FILES = {  # animated pose files (one pose per frame) -> number of frames
+    "imagpose_pose_sequence.png": 12,
+}
 
 
 def write_inputs(input_dir: str | os.PathLike, size: tuple[int, int] = (512, 768)) -> dict[str, Path]:
@@ -128,6 +168,11 @@ def write_inputs(input_dir: str | os.PathLike, size: tuple[int, int] = (512, 768
         path = input_dir / name
         if not path.exists():
             draw_pose(POSES[pose], *size).save(path)
+        written[name] = path
+    for name, count in POSE_SEQUENCE_FILES.items():
+        path = input_dir / name
+        if not path.exists():
+            write_animation(path, [draw_pose(sequence_pose(i, count), *size) for i in range(count)])
         written[name] = path
     return written
 

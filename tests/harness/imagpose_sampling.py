@@ -18,8 +18,8 @@ def imagpose_conditioning(nodes, checkpoint: str = "tiny-authors"):
     model, bundle = run("IMAGPoseModelLoader", checkpoint, "none", "auto", "auto")
     encoder = run("IMAGPoseImageEncoderLoader", "tiny-dinov2")[0]
     positive, negative = run("IMAGPoseFLCEncode", encoder, bundle, vae, source, 0, False, 64, 64, "crop")
-    positive, negative, latent, layout = run("IMAGPoseILCPack", positive, negative, vae, source, poses[1:], 64, 64,
-                                             "crop", "auto", source_poses=poses[:1])
+    (positive,), (negative,), (latent,), layout, _ = run("IMAGPoseILCPack", positive, negative, vae, source, poses[1:],
+                                                         64, 64, "crop", "auto", source_poses=poses[:1])
     return model, vae, positive, negative, latent, layout
 
 
@@ -29,5 +29,5 @@ def sample_imagpose(nodes, keep_model: bool = False, transform_model=None):
         model = transform_model(model)
     sampled = nodes.KSampler().sample(model, 5, 2, 2.0, "ddim", "simple", positive, negative, latent)[0]
     decoded = nodes.VAEDecode().decode(vae, sampled)[0]
-    images = nodes.NODE_CLASS_MAPPINGS["IMAGPoseGridUnpack"].execute(decoded, layout, "targets").result[0]
+    images = nodes.NODE_CLASS_MAPPINGS["IMAGPoseGridUnpack"].execute([decoded], [layout], ["targets"]).result[0]
     return (model, images) if keep_model else images

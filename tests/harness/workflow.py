@@ -13,7 +13,9 @@ Only ComfyUI's JavaScript frontend does this conversion in ComfyUI itself. This 
   PrimitiveNode and bypassed nodes (mode 4) are not supported and raise an error.
 
 The conversion is strict: a widgets_values list that is too short or too long, an unknown node type or a
-required input without a link raises WorkflowError, so a stale workflow file fails loudly.
+required input without a link raises WorkflowError, so a stale workflow file fails loudly. With
+``saved_before_new_widgets=True`` it reads a file saved by an older version of the nodes as the frontend does:
+widgets added since (at the end) are left out of the prompt, so the node's defaults apply.
 """
 from __future__ import annotations
 
@@ -83,7 +85,7 @@ def widget_values_layout(info: dict) -> list[tuple[str, int]]:
     return [(n, extra_widget_values(n, s)) for n, s in input_order(info) if is_widget(s)]
 
 
-def ui_to_api(workflow: dict, object_info: dict) -> dict:
+def ui_to_api(workflow: dict, object_info: dict, saved_before_new_widgets: bool = False) -> dict:
     """Convert a UI-format workflow into an API prompt ``{node_id: {"class_type", "inputs", "_meta"}}``."""
     nodes = {str(n["id"]): n for n in workflow.get("nodes", [])}
     links = {}
@@ -138,6 +140,8 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
             raise WorkflowError(f"node {node_id} ({node_type}): dict widgets_values are not supported")
         pos = 0
         for name, extra in widget_values_layout(info):
+            if pos >= len(values) and saved_before_new_widgets:
+                break
             if pos >= len(values):
                 raise WorkflowError(
                     f"node {node_id} ({node_type}): widgets_values has {len(values)} values, "
