@@ -37,7 +37,7 @@ from harness import (  # noqa: E402
     make_base_dir,
     nodes_of_type,
     output_images,
-    set_inputs,
+    set_run_settings,
     ui_to_api,
     write_inputs,
 )
@@ -168,14 +168,8 @@ def main() -> int:
         if "IMAGPoseModelLoader" not in info:
             print("[demo] the IMAGPose nodes did not load:\n" + server.log_tail(), file=sys.stderr)
             return 1
-        prompt = ui_to_api(load_workflow(workflow_path), info)
-        set_inputs(prompt, "IMAGPoseModelLoader", checkpoint=names["checkpoint"])
-        set_inputs(prompt, "IMAGPoseImageEncoderLoader", image_encoder=names["image_encoder"])
-        set_inputs(prompt, "VAELoader", vae_name=names["vae"])
-        set_inputs(prompt, "IMAGPoseFLCEncode", width=width, height=height)
-        set_inputs(prompt, "IMAGPoseILCPack", width=width, height=height)
-        set_inputs(prompt, "KSampler", steps=steps)
-        set_inputs(prompt, "SaveImage", filename_prefix="demo")
+        prompt = set_run_settings(ui_to_api(load_workflow(workflow_path), info), width=width, height=height,
+                                  steps=steps, prefix="demo", **names)
         print(f"[demo] running {workflow_path.name}: cell {width}x{height}, {steps} steps ...", flush=True)
         t0 = time.monotonic()
         try:

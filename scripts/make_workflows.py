@@ -31,6 +31,9 @@ COMFY_VERSION = "0.3.75"
 # main use first when sorted, and keep the order the same everywhere.
 MAIN_WORKFLOW = "IMAGPose 1 - one photo to three poses"
 POSE_FROM_PHOTOS = "IMAGPose 5 - poses taken from photos of other people"
+POSE_SEQUENCE = "IMAGPose 6 - one photo through a pose sequence"
+SEQUENCE_FRAMES = 12  # frames of imagpose_pose_sequence.png
+GRIDS_PER_BATCH = 4
 
 # what the user is expected to have (documented in the Notes and the README)
 CHECKPOINT = "imagpose.safetensors"
@@ -63,11 +66,16 @@ with "IMAGPose Trailing Sigmas". The model runs v-prediction with zero terminal 
 Cell size: width {CELL_W}, height {CELL_H} (what IMAGPose was trained on; multiples of 64). Use the SAME width,
 height and fit on "IMAGPose FLC Encode" and "IMAGPose ILC Pack". The sampled grid is 2x2 cells.
 
-Sources + targets <= 4 (1 source -> 1..3 targets, 2 -> 2, 3 -> 1).
+Any number of target poses: a 2x2 grid holds the 1-3 sources and 4 - sources targets; more poses make more
+grids (each with all sources), sampled as one batch, or with ILC Pack's batching = chunks in batches of
+grids_per_batch grids (memory stays bounded). Grid Unpack gives one image per target pose, in pose order.
+ILC Pack's preview output shows what was packed (S = source, T = target pose number) before sampling.
 ILC Pack finds the source photos' poses itself (MediaPipe, or DWPose if its ONNX files are installed)
 unless you connect source_poses.
 
-Batch Images resizes the second image to the first one's size: use photos of similar size."""
+Several source photos: connect them to source_images, source_2 and source_3 (on FLC Encode and ILC Pack):
+each is fitted to the cell on its own, never stretched (Batch Images would stretch the second photo to the
+first one's size)."""
 
 
 class Graph:
@@ -212,34 +220,40 @@ def place_notes(g: Graph, y: int) -> None:
         x += note["size"][0] + GAP_X
 
 
-def pipeline(g: Graph, sources: tuple[dict, str], targets: tuple[dict, str], slug: str,
-             source_poses: tuple[dict, str] | None = None) -> list[list[dict]]:
-    """Loaders, FLC Encode, ILC Pack, KSampler, VAE Decode, Grid Unpack, Save Image; returns their columns."""
+def pipeline(g: Graph, sources: list[tuple[dict, str]], targets: tuple[dict, str], slug: str,
+             source_poses: tuple[dict, str] | None = None, ilc_widgets: dict | None = None) -> list[list[dict]]:
+    """Loaders, FLC Encode, ILC Pack (+ a Preview Image of what it packed), KSampler, VAE Decode, Grid Unpack, Save
+    Image; returns their columns (Grid Unpack is the last node of the third). Sources go to source_images, source_2
+    and source_3 on both FLC Encode and ILC Pack: each is fitted to the cell on its own, never stretched."""
     model = g.node("IMAGPoseModelLoader", {"checkpoint": CHECKPOINT, "motion_module": "none",
                                            "pose_guider": "auto", "patch_embed": "auto"})
     encoder = g.node("IMAGPoseImageEncoderLoader", {"image_encoder": IMAGE_ENCODER})
     vae = g.node("VAELoader", {"vae_name": VAE})
     flc = g.node("IMAGPoseFLCEncode", {"reference_index": 0, "use_all_sources": False,
                                        "width": CELL_W, "height": CELL_H, "fit": "pad"})
-    ilc = g.node("IMAGPoseILCPack", {"width": CELL_W, "height": CELL_H, "fit": "pad", "source_pose_detector": "auto"})
+    ilc = g.node("IMAGPoseILCPack", {"width": CELL_W, "height": CELL_H, "fit": "pad", "source_pose_detector": "auto",
+                                     "batching": "one_batch", "grids_per_batch": 8, **(ilc_widgets or {})})
+    preview = g.node("PreviewImage", title="What ILC Pack packed", size=(340, 300))
     sampler = g.node("KSampler", {"seed": 42, "steps": 20, "cfg": 2.0, "sampler_name": "ddim",
                                   "scheduler": "simple", "denoise": 1.0})
     decode = g.node("VAEDecode")
     unpack = g.node("IMAGPoseGridUnpack", {"which": "targets"})
     save = g.node("SaveImage", {"filename_prefix": f"IMAGPose/{slug}"}, size=(420, 480))
     # outputs by index (the public API order): loader model 0, imagpose 1; FLC positive 0, negative 1;
-    # ILC positive 0, negative 1, latent 2, layout 3; unpack images 0
+    # ILC positive 0, negative 1, latent 2, layout 3, preview 4; unpack images 0
     g.link(encoder, 0, flc, "image_encoder")
     g.link(model, 1, flc, "imagpose")
     g.link(vae, 0, flc, "vae")
-    g.link(sources[0], sources[1], flc, "source_images")
+    for (node, output), socket in zip(sources, ("source_images", "source_2", "source_3")):
+        g.link(node, output, flc, socket)
+        g.link(node, output, ilc, socket)
     g.link(flc, 0, ilc, "positive")
     g.link(flc, 1, ilc, "negative")
     g.link(vae, 0, ilc, "vae")
-    g.link(sources[0], sources[1], ilc, "source_images")
     g.link(targets[0], targets[1], ilc, "target_poses")
     if source_poses is not None:
         g.link(source_poses[0], source_poses[1], ilc, "source_poses")
+    g.link(ilc, 4, preview, "images")
     g.link(model, 0, sampler, "model")
     g.link(ilc, 0, sampler, "positive")
     g.link(ilc, 1, sampler, "negative")
@@ -249,7 +263,7 @@ def pipeline(g: Graph, sources: tuple[dict, str], targets: tuple[dict, str], slu
     g.link(decode, 0, unpack, "images")
     g.link(ilc, 3, unpack, "layout")
     g.link(unpack, 0, save, "images")
-    return [[model, encoder, vae], [flc, ilc], [sampler, decode, unpack], [save]]
+    return [[model, encoder, vae], [flc, ilc, preview], [sampler, decode, unpack], [save]]
 
 
 def scenario(info: dict, slug: str, n_sources: int, n_targets: int, what: str) -> Graph:
@@ -267,10 +281,9 @@ def scenario(info: dict, slug: str, n_sources: int, n_targets: int, what: str) -
              for i, f in enumerate(source_files)]
     poses = [g.node("LoadImage", {"image": f}, title=f"Target pose {i + 1}", size=(270, 330))
              for i, f in enumerate(pose_files)]
-    *sources, source_batches = batch_images(g, loads)
     *targets, target_batches = batch_images(g, poses)
-    columns = pipeline(g, tuple(sources), tuple(targets), slug)
-    place_notes(g, place_columns([loads + source_batches, poses + target_batches, *columns]))
+    columns = pipeline(g, [(load, "IMAGE") for load in loads], tuple(targets), slug)
+    place_notes(g, place_columns([loads, poses + target_batches, *columns]))
     return g
 
 
@@ -299,8 +312,39 @@ def pose_from_photos(info: dict, slug: str) -> Graph:
     # PoseExtract: pose_images 0, keypoints 1; PoseRetarget: keypoints 0, pose_images 1
     g.link(tgt_pose, 1, retarget, "target_keypoints")
     g.link(src_pose, 1, retarget, "source_keypoints")
-    columns = pipeline(g, (source, "IMAGE"), (retarget, 1), slug, source_poses=(src_pose, 0))
+    columns = pipeline(g, [(source, "IMAGE")], (retarget, 1), slug, source_poses=(src_pose, 0))
     place_notes(g, place_columns([[source, photo1, photo2, *batches], [src_pose, tgt_pose, retarget], *columns]))
+    return g
+
+
+def pose_sequence(info: dict, slug: str) -> Graph:
+    g = Graph(info)
+    g.note(MODEL_NOTE, (620, 430), "Model files")
+    g.note(SETTINGS_NOTE, (700, 330), "Settings")
+    g.note(
+        f"One photo -> the person through a sequence of {SEQUENCE_FRAMES} poses (a dance, a turnaround, catalogue "
+        f"shots). Every 2x2 grid holds the source and the next 3 poses; all grids share the source and its FLC, so "
+        f"the person stays the same. ILC Pack samples them in chunks of {GRIDS_PER_BATCH} grids (batching = chunks, "
+        f"grids_per_batch = {GRIDS_PER_BATCH}): ComfyUI runs the KSampler once per chunk, so memory stays bounded; "
+        f"set batching = one_batch (and grids_per_batch >= the number of grids) to sample all at once, which is "
+        f"faster when memory allows. Seeds: grid g gets the g-th noise of the KSampler's seed (batch_index), so the "
+        f"result does not depend on the chunking.\n\nInputs: imagpose_source.png (the person) and "
+        f"imagpose_pose_sequence.png, an animated PNG with one pose per frame: Load Image turns its frames into one "
+        f"IMAGE batch (an animated WEBP or GIF works too, or a video loader's frames through IMAGPose Pose Extract). "
+        f"POSE_KEYPOINT frames (e.g. DWPose Estimator on a video, optionally through IMAGPose Pose Retarget) go to "
+        f"ILC Pack's target_keypoints instead of target_poses.\n\nOut: Save Image writes one image per pose, in "
+        f"order; Save Animated WEBP writes them as an animation.",
+        (620, 330), "This workflow")
+    source = g.node("LoadImage", {"image": "imagpose_source.png"}, title="Source photo", size=(270, 330))
+    poses = g.node("LoadImage", {"image": "imagpose_pose_sequence.png"},
+                   title=f"Target poses ({SEQUENCE_FRAMES} frames)", size=(270, 330))
+    columns = pipeline(g, [(source, "IMAGE")], (poses, "IMAGE"), slug,
+                       ilc_widgets={"batching": "chunks", "grids_per_batch": GRIDS_PER_BATCH})
+    animation = g.node("SaveAnimatedWEBP", {"filename_prefix": f"IMAGPose/{slug}", "fps": 6.0, "lossless": False,
+                                            "quality": 90, "method": "default"}, size=(420, 480))
+    g.link(columns[2][-1], 0, animation, "images")
+    columns[3].append(animation)
+    place_notes(g, place_columns([[source], [poses], *columns]))
     return g
 
 
@@ -316,6 +360,7 @@ SCENARIOS = {
     "IMAGPose 4 - three photos to one pose": ("3_sources_to_1_target", lambda info, slug: scenario(
         info, slug, 3, 1, "Three photos of the same person -> the person in one new pose.")),
     POSE_FROM_PHOTOS: ("pose_from_photos", pose_from_photos),
+    POSE_SEQUENCE: ("pose_sequence", pose_sequence),
 }
 
 

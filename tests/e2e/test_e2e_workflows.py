@@ -20,7 +20,7 @@ from harness import (
     load_workflow,
     nodes_of_type,
     output_images,
-    set_inputs,
+    set_run_settings,
     ui_to_api,
 )
 
@@ -31,6 +31,7 @@ EXPECTED = {
     "IMAGPose 3 - two photos to two poses": (2, 2, "tiny-imagpose.safetensors"),
     "IMAGPose 4 - three photos to one pose": (3, 1, "tiny-authors"),
     "IMAGPose 5 - poses taken from photos of other people": (1, 2, "tiny-imagpose.safetensors"),
+    "IMAGPose 6 - one photo through a pose sequence": (1, 12, "tiny-imagpose.safetensors"),
 }
 CELL_W, CELL_H = 64, 128  # small, not square (a swapped width/height shows)
 WORKFLOW_FILES = sorted(WORKFLOWS_DIR.glob("*.json"))
@@ -42,17 +43,10 @@ def test_every_workflow_file_is_covered():
     assert names == set(EXPECTED), f"workflow files {sorted(names)} vs tests {sorted(EXPECTED)}"
 
 
-def small_prompt(path, object_info, checkpoint, prefix):
-    prompt = ui_to_api(load_workflow(path), object_info)
-    set_inputs(prompt, "IMAGPoseModelLoader", checkpoint=checkpoint, motion_module="none",
-               pose_guider="auto", patch_embed="auto")
-    set_inputs(prompt, "IMAGPoseImageEncoderLoader", image_encoder="tiny-dinov2")
-    set_inputs(prompt, "VAELoader", vae_name="tiny-vae.safetensors")
-    set_inputs(prompt, "IMAGPoseFLCEncode", width=CELL_W, height=CELL_H)
-    set_inputs(prompt, "IMAGPoseILCPack", width=CELL_W, height=CELL_H)
-    set_inputs(prompt, "KSampler", steps=2)
-    set_inputs(prompt, "SaveImage", filename_prefix=prefix)
-    return prompt
+def small_prompt(path, object_info, checkpoint, prefix, saved_before_new_widgets=False):
+    prompt = ui_to_api(load_workflow(path), object_info, saved_before_new_widgets)
+    return set_run_settings(prompt, checkpoint=checkpoint, image_encoder="tiny-dinov2", vae="tiny-vae.safetensors",
+                            width=CELL_W, height=CELL_H, steps=2, prefix=prefix)
 
 
 @pytest.mark.parametrize("path", WORKFLOW_FILES, ids=[p.stem for p in WORKFLOW_FILES])

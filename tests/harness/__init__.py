@@ -20,6 +20,14 @@ from .assets import (
 from .client import ComfyClient, ComfyHTTPError, PromptFailed, cached_nodes, describe_error, output_images
 from .env import MAIN_WORKFLOW, PACK_DIR_NAME, REPO_ROOT, WORKFLOWS_DIR, cache_dir, comfyui_path, comfyui_python
 from .server import ComfyServer, ComfyServerError, free_port, make_base_dir, remove_base_dir
-from .workflow import WorkflowError, load_workflow, nodes_of_type, set_inputs, ui_to_api, widget_names
+from .workflow import (
+    WorkflowError,
+    load_workflow,
+    nodes_of_type,
+    set_inputs,
+    set_run_settings,
+    ui_to_api,
+    widget_names,
+)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

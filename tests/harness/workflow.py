@@ -225,3 +225,18 @@ def overlapping(rects: list[tuple[int, list[float]]]) -> list[tuple]:
             if a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]:
                 pairs.append(((id_a, a), (id_b, b)))
     return pairs
+
+
+def set_run_settings(prompt: dict, *, checkpoint: str, image_encoder: str, vae: str, width: int, height: int,
+                     steps: int, prefix: str) -> dict:
+    """Point a shipped workflow's prompt at the given model files, cell size, KSampler steps and output prefix."""
+    set_inputs(prompt, "IMAGPoseModelLoader", checkpoint=checkpoint, motion_module="none", pose_guider="auto",
+               patch_embed="auto")
+    set_inputs(prompt, "IMAGPoseImageEncoderLoader", image_encoder=image_encoder)
+    set_inputs(prompt, "VAELoader", vae_name=vae)
+    set_inputs(prompt, "IMAGPoseFLCEncode", width=width, height=height)
+    set_inputs(prompt, "IMAGPoseILCPack", width=width, height=height)
+    set_inputs(prompt, "KSampler", steps=steps)
+    set_inputs(prompt, "SaveImage", filename_prefix=prefix)
+    set_inputs(prompt, "SaveAnimatedWEBP", require=False, filename_prefix=prefix)
+    return prompt
