@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.imagpose_sampling import load_test_models, run_node
 from imagpose.testing import TINY_UNET
 from imagpose.unet import IMAGPoseUNet
 
@@ -93,10 +94,6 @@ def test_sampling_without_the_cva_layers_is_refused(comfy_nodes, tiny_models):
         sample_imagpose(comfy_nodes, transform_model=strip_injections)
 
 
-def run_node(nodes, name, *args, **kwargs):
-    return nodes.NODE_CLASS_MAPPINGS[name].execute(*args, **kwargs).result
-
-
 def pack_module(nodes, name: str):
     """A module of the pack as ComfyUI loaded it (its classes differ from this checkout's imports)."""
     import sys
@@ -107,13 +104,7 @@ def pack_module(nodes, name: str):
 
 @pytest.fixture(scope="module")
 def parts(comfy_nodes, tiny_models):
-    import comfy.sd
-    import comfy.utils
-
-    _, paths = tiny_models
-    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(paths["vae"])))
-    model, bundle = run_node(comfy_nodes, "IMAGPoseModelLoader", "tiny-imagpose.safetensors", "none", "auto", "auto")
-    encoder = run_node(comfy_nodes, "IMAGPoseImageEncoderLoader", "tiny-dinov2")[0]
+    vae, _, bundle, encoder = load_test_models(comfy_nodes)
     positive, negative = run_node(comfy_nodes, "IMAGPoseFLCEncode", encoder, bundle, vae,
                                   torch.rand(1, 64, 64, 3), 0, False, 64, 64, "pad")
     return comfy_nodes, vae, bundle, encoder, positive, negative

@@ -121,7 +121,8 @@ def test_comfy_path_matches_plain_model(setup, name):
 
     x, sigma, denoised, sampling, layout = run_comfy(comfy_nodes, "tiny-imagpose.safetensors", vae, sources,
                                                      source_poses, targets, cfg=1.0)
-    assert layout.target_cells == tuple(range(4 - n_targets, 4))
+    (grid_layout,) = layout.grids
+    assert grid_layout.target_cells == tuple(range(4 - n_targets, 4))
     inputs = reference_inputs(vae, dino, model, sources, source_poses, targets)
     v_comfy = v_from_denoised(x, sigma, denoised)
     v_plain = reference_v(model, sampling, x, sigma, *inputs)

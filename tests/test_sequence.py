@@ -4,13 +4,10 @@ import pytest
 import torch
 
 from harness import openpose_frame, sequence_pose
+from harness.imagpose_sampling import load_test_models, run_node
 from imagpose.imaging import fit_to_cell
 
 CELL = 64
-
-
-def run_node(nodes, name, *args, **kwargs):
-    return nodes.NODE_CLASS_MAPPINGS[name].execute(*args, **kwargs).result
 
 
 def rand_images(n, h=CELL, w=CELL, seed=0):
@@ -23,13 +20,7 @@ def poses(n, h=CELL, w=CELL, seed=1):
 
 @pytest.fixture(scope="module")
 def setup(comfy_nodes, tiny_models):
-    import comfy.sd
-    import comfy.utils
-
-    _, paths = tiny_models
-    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(paths["vae"])))
-    model, bundle = run_node(comfy_nodes, "IMAGPoseModelLoader", "tiny-imagpose.safetensors", "none", "auto", "auto")
-    encoder = run_node(comfy_nodes, "IMAGPoseImageEncoderLoader", "tiny-dinov2")[0]
+    vae, model, bundle, encoder = load_test_models(comfy_nodes)
     source = rand_images(1, 96, 64, seed=7)
     positive, negative = run_node(comfy_nodes, "IMAGPoseFLCEncode", encoder, bundle, vae, source, 0, False,
                                   CELL, CELL, "pad")
@@ -57,6 +48,8 @@ def test_twelve_targets_make_four_grids_in_one_batch(setup):
     assert flags.shape == (4, 1, 16, 16) and masked.shape == (4, 4, 16, 16) and pose_grid.shape == (4, 3, 128, 128)
     assert torch.equal(attached(negatives[0])[2], pose_grid)
     assert preview.shape == (4, 128, 256, 3)
+    single = pack(setup, poses(3))[2]
+    assert len(single) == 1 and "batch_index" not in single[0], "one grid: the latent as it always was"
 
 
 def test_chunks_carry_the_same_grids_as_one_batch(setup):
@@ -147,6 +140,9 @@ def sample(setup, packed, seed):
 
 
 def test_sampling_is_reproducible_and_chunking_does_not_change_it(setup):
+    """Also shows that ComfyUI lines every grid's flag map, masked latent and pose grid up with its latent batch entry
+    (for cond and uncond, cfg 2): the two grids differ in roles and poses, and each sampled alone (chunks of 1)
+    gives what it gives in the batch."""
     targets = poses(4)  # two grids: 3 targets, then 1
     one_batch = sample(setup, pack(setup, targets), seed=11)
     assert one_batch.shape == (2, 4, 16, 16) and torch.isfinite(one_batch).all()
