@@ -10,9 +10,10 @@ twice) three ways for every N:
 - chunks: batching = chunks, at most --grids-per-batch grids per KSampler run (ComfyUI runs the list one by one);
 - 1 -> 1: N separate prompts with one target pose each (ImageFromBatch picks the pose), as without this feature.
 
-Time is the server's own execution time of each prompt (from its execution_start / execution_success
-messages; the loaders, FLC Encode and the source's pose extraction are cached after the first prompt, as on a
-user's server). Peak memory is
+Time is the CPU time the server process spends on each prompt (user + system, all threads, from /proc; torch
+runs on one thread, OMP_NUM_THREADS=1), which other processes on a shared machine do not inflate; the wall time
+of the server's own execution (execution_start to execution_success) is printed too. The loaders, FLC Encode
+and the source's pose extraction are cached after the first prompt, as on a user's server. Peak memory is
 the server process's peak resident memory during the prompt above its resident memory before it (the peak is
 reset through /proc/<pid>/clear_refs before each prompt; 0 when the process already held the memory it needed).
 Preview and animation outputs are left out, so the three ways do the same work per target: pack, sample, decode,
@@ -82,24 +83,31 @@ def with_poses(prompt: dict, ilc_id: str, all_poses: list, first: int, count: in
     return prompt
 
 
-def fastest(results: list[tuple[float, float]]) -> tuple[float, float]:
-    return min(seconds for seconds, _ in results), max(peak for _, peak in results)
+def fastest(results: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    return min(r[0] for r in results), min(r[1] for r in results), max(r[2] for r in results)
 
 
-def run(server: ComfyServer, prompt: dict, expected_images: int) -> tuple[float, float]:
-    """(execution seconds, peak MiB above the resident memory before) of one prompt."""
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def run(server: ComfyServer, prompt: dict, expected_images: int) -> tuple[float, float, float]:
+    """(CPU seconds, wall seconds of the execution, peak MiB above the resident memory before) of one prompt."""
     pid = server.process.pid
     before = memory_kib(pid, "VmRSS")
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current resident size
+    cpu = cpu_seconds(pid)
     entry = server.client.run(prompt, timeout=3600)
+    cpu = cpu_seconds(pid) - cpu
     peak = memory_kib(pid, "VmHWM")
     times = {m[0]: m[1]["timestamp"] for m in entry["status"]["messages"] if isinstance(m[1], dict) and "timestamp" in m[1]}
-    seconds = (times["execution_success"] - times["execution_start"]) / 1000
+    wall = (times["execution_success"] - times["execution_start"]) / 1000
     (save_id,) = nodes_of_type(prompt, "SaveImage")
     got = len(output_images(entry, save_id))
     if got != expected_images:
         raise RuntimeError(f"{got} images saved, expected {expected_images}")
-    return seconds, max(peak - before, 0) / 1024
+    return cpu, wall, max(peak - before, 0) / 1024
 
 
 def main() -> int:
@@ -136,21 +144,29 @@ def main() -> int:
                 for _ in range(args.repeats):
                     for way, prompts in ways.items():
                         runs = [run(server, p, images) for p, images in prompts]
-                        results[way].append((sum(s for s, _ in runs), max(m for _, m in runs)))
-                (one, one_mem), (chunked, chunked_mem), (single, single_mem) = (fastest(results[w]) for w in ways)
-                rows.append((n, grids, one, one_mem, chunked, chunked_mem, single, single_mem))
-                print(f"N={n}: one batch {one:.1f} s, chunks {chunked:.1f} s, 1->1 runs {single:.1f} s", flush=True)
+                        results[way].append(tuple(f(r[i] for r in runs) for i, f in enumerate((sum, sum, max))))
+                best = {way: fastest(results[way]) for way in ways}
+                rows.append((n, grids, best))
+                print(f"N={n}: CPU s (wall s) one batch {best['one'][0]:.1f} ({best['one'][1]:.1f}), chunks "
+                      f"{best['chunks'][0]:.1f} ({best['chunks'][1]:.1f}), 1->1 runs {best['single'][0]:.1f} "
+                      f"({best['single'][1]:.1f})", flush=True)
     finally:
         remove_base_dir(base)
 
     print(f"\ncell {args.cell}x{args.cell} (grid {2 * args.cell}x{2 * args.cell}), {args.steps} steps, cfg 2.0, "
           f"1 source, chunks of {args.grids_per_batch} grids, OMP_NUM_THREADS={threads['OMP_NUM_THREADS']}, "
-          f"fastest of {args.repeats}")
-    print("   N grids | one batch: targets/s  peak MiB | chunks: targets/s  peak MiB | 1->1 runs: targets/s  peak MiB"
-          " | speed-up vs 1->1: one batch  chunks")
-    for n, grids, one, one_mem, chunked, chunked_mem, single, single_mem in rows:
-        print(f"{n:4d} {grids:5d} | {n / one:20.2f} {one_mem:9.0f} | {n / chunked:17.2f} {chunked_mem:9.0f} | "
-              f"{n / single:20.2f} {single_mem:9.0f} | {single / one:26.2f}x {single / chunked:6.2f}x")
+          f"best of {args.repeats}; targets/s from CPU time (from wall time in brackets)")
+    print("| N | grids | one batch: targets/s | peak MiB | chunks: targets/s | peak MiB | 1 -> 1 runs: targets/s "
+          "| peak MiB | one batch vs 1 -> 1 | chunks vs 1 -> 1 |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n, grids, best in rows:
+        cells = []
+        for way in ("one", "chunks", "single"):
+            cpu, wall, peak = best[way]
+            cells += [f"{n / cpu:.2f} ({n / wall:.2f})", f"{peak:.0f}"]
+        single = best["single"][0]
+        cells += [f"{single / best['one'][0]:.2f}x", f"{single / best['chunks'][0]:.2f}x"]
+        print(f"| {n} | {grids} | " + " | ".join(cells) + " |")
     return 0
 
 

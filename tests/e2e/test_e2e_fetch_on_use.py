@@ -16,7 +16,7 @@ from harness import (
     load_workflow,
     make_base_dir,
     nodes_of_type,
-    output_images,
+    saved_images,
     set_inputs,
     ui_to_api,
     write_inputs,
@@ -71,13 +71,13 @@ def test_missing_models_are_fetched_on_first_use_with_the_opt_in(hub, test_model
         set_inputs(prompt, "IMAGPoseILCPack", width=CELL_W, height=CELL_H, source_pose_detector="dwpose")
         set_inputs(prompt, "KSampler", steps=2)
         history = server.client.run(prompt, timeout=900)
-        assert len(output_images(history)) == 3
+        assert len(saved_images(history)) == 3
 
         # first use by the loader itself: the encoder is gone, the next run fetches it again
         shutil.rmtree(models / "imagpose" / "dinov2-base")
         gets_before = len(hub.gets("model.safetensors"))
         history = server.client.run(prompt, timeout=900)
-        assert len(output_images(history)) == 3
+        assert len(saved_images(history)) == 3
         assert len(hub.gets("model.safetensors")) == gets_before + 1
         (encoder_id,) = nodes_of_type(prompt, "IMAGPoseImageEncoderLoader")
         assert encoder_id not in cached_nodes(history)

@@ -5,7 +5,15 @@ import os
 import shutil
 import time
 
-from harness import MAIN_WORKFLOW, ComfyHTTPError, cached_nodes, describe_error, image_stats, nodes_of_type, output_images
+from harness import (
+    MAIN_WORKFLOW,
+    ComfyHTTPError,
+    cached_nodes,
+    describe_error,
+    image_stats,
+    nodes_of_type,
+    saved_images,
+)
 from harness.model_zoo import remove_model_zoo, write_model_zoo
 from test_e2e_workflows import small_prompt
 
@@ -39,7 +47,7 @@ def test_loader_lists_show_their_kind_only(comfy_server, test_models, object_inf
         (encoder_id,) = nodes_of_type(prompt, "IMAGPoseImageEncoderLoader")
         prompt[encoder_id]["inputs"]["image_encoder"] = "zoo-both"
         history = comfy_server.client.run(prompt, timeout=900)
-        assert len(output_images(history)) == 3
+        assert len(saved_images(history)) == 3
     finally:
         remove_model_zoo(comfy_server.models_dir)
 
@@ -48,7 +56,7 @@ def pixels(comfy_server, history):
     import numpy as np
     from PIL import Image
 
-    return [np.asarray(Image.open(comfy_server.output_path(ref))) for ref in output_images(history)]
+    return [np.asarray(Image.open(comfy_server.output_path(ref))) for ref in saved_images(history)]
 
 
 def test_changed_model_files_are_loaded_again_unchanged_ones_reused(comfy_server, test_models, object_info):
@@ -98,4 +106,4 @@ def test_changed_model_files_are_loaded_again_unchanged_ones_reused(comfy_server
     finally:
         checkpoint.unlink(missing_ok=True)
         shutil.rmtree(encoder, ignore_errors=True)
-    assert image_stats(comfy_server.output_path(output_images(third)[0]))["std"] > 1.0
+    assert image_stats(comfy_server.output_path(saved_images(third)[0]))["std"] > 1.0

@@ -17,7 +17,15 @@ from .assets import (
     sequence_pose,
     write_inputs,
 )
-from .client import ComfyClient, ComfyHTTPError, PromptFailed, cached_nodes, describe_error, output_images
+from .client import (
+    ComfyClient,
+    ComfyHTTPError,
+    PromptFailed,
+    cached_nodes,
+    describe_error,
+    output_images,
+    saved_images,
+)
 from .env import MAIN_WORKFLOW, PACK_DIR_NAME, REPO_ROOT, WORKFLOWS_DIR, cache_dir, comfyui_path, comfyui_python
 from .server import ComfyServer, ComfyServerError, free_port, make_base_dir, remove_base_dir
 from .workflow import (

@@ -121,6 +121,11 @@ def output_images(history: dict, node_id: str | None = None) -> list[dict]:
     return images
 
 
+def saved_images(history: dict) -> list[dict]:
+    """The image entries of a history entry that were saved to the output folder (previews left out)."""
+    return [ref for ref in output_images(history) if ref.get("type", "output") == "output"]
+
+
 def cached_nodes(history: dict) -> set[str]:
     """Ids of the nodes ComfyUI took from its cache for this prompt (the `execution_cached` status message)."""
     return {node for name, data in history.get("status", {}).get("messages", [])
