@@ -78,6 +78,16 @@ def test_keypoint_frames_equal_their_rendering(setup, comfy_nodes):
     assert from_keypoints[3].num_targets == 5
 
 
+def test_keypoint_frames_retargeted_onto_the_source_are_accepted(setup, comfy_nodes):
+    """Frames from another person's canvas, through Pose Retarget, land on the source's canvas and pack as poses."""
+    frames = [openpose_frame(sequence_pose(i, 4), 120, 80) for i in range(4)]  # another canvas than the source's
+    source_frame = openpose_frame(sequence_pose(0, 4), 64, 96)
+    retargeted, _ = run_node(comfy_nodes, "IMAGPosePoseRetarget", frames, [source_frame], "neck", True, False)
+    assert {(f["canvas_width"], f["canvas_height"]) for f in retargeted} == {(64, 96)}
+    packed = pack(setup, None, target_keypoints=retargeted)
+    assert packed[3].num_targets == 4 and len(packed[3].grids) == 2
+
+
 @pytest.mark.parametrize("case,match", [
     ("empty", "input 'target_keypoints': expected at least one pose; got an empty POSE_KEYPOINT list"),
     ("no_person", "input 'target_keypoints': expected a person in every frame .*; got no person in frame\\(s\\) 2 of 4"),
