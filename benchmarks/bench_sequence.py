@@ -3,8 +3,8 @@
     python benchmarks/bench_sequence.py [--ns 1,3,6,12,24] [--cell 64] [--steps 4] [--grids-per-batch 2] [--repeats 2]
 
 Starts ComfyUI (`main.py --cpu`) with the pack and the small random-weight test models, and queues the shipped
-`imagpose_pose_sequence.json` (one source photo, N target poses taken from the 12-frame pose file; 24 = the file
-twice) three ways for every N:
+workflow "IMAGPose 6 - one photo through a pose sequence" (one source photo, N target poses taken from the
+12-frame pose file; 24 = the file twice) three ways for every N:
 
 - one batch: ILC Pack batching = one_batch, all ceil(N / 3) grids in one KSampler batch;
 - chunks: batching = chunks, at most --grids-per-batch grids per KSampler run (ComfyUI runs the list one by one);
@@ -46,6 +46,7 @@ from harness import (  # noqa: E402
     write_inputs,
 )
 
+SEQUENCE_WORKFLOW = "IMAGPose 6 - one photo through a pose sequence"
 SEQUENCE_FRAMES = 12  # frames of imagpose_pose_sequence.png
 
 
@@ -58,7 +59,7 @@ def memory_kib(pid: int, field: str) -> int:
 
 def base_prompt(object_info: dict, cell: int, steps: int) -> tuple[dict, str, list]:
     """The shipped sequence workflow on the test models, without preview/animation; (prompt, ILC id, poses link)."""
-    prompt = ui_to_api(load_workflow(WORKFLOWS_DIR / "imagpose_pose_sequence.json"), object_info)
+    prompt = ui_to_api(load_workflow(WORKFLOWS_DIR / f"{SEQUENCE_WORKFLOW}.json"), object_info)
     set_run_settings(prompt, checkpoint="tiny-imagpose.safetensors", image_encoder="tiny-dinov2",
                      vae="tiny-vae.safetensors", width=cell, height=cell, steps=steps, prefix="bench")
     for kind in ("PreviewImage", "SaveAnimatedWEBP"):
