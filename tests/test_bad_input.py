@@ -2,14 +2,13 @@
 are checked by the pack; sizes are refused before anything is allocated; IMAGPose conditioning on another model says
 so. The same classes on a real server: tests/e2e/test_e2e_bad_input.py."""
 import inspect
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from harness.pose_fixtures import photo, to_image_tensor
-from imagpose.grid import make_layout
+from harness.inprocess import pack_module
 
 UNSAFE = ("weights_only` set to `False`", "weights_only=False", "add_safe_globals", "safe_globals(")
 TORCH_ADVICE = ("Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will likely "
@@ -24,12 +23,6 @@ def node(nodes, name):
 
 def pack_nodes(nodes):
     return {name: cls for name, cls in nodes.NODE_CLASS_MAPPINGS.items() if name.startswith("IMAGPose")}
-
-
-def pack_module(nodes, dotted: str):
-    """A module of the pack as ComfyUI loaded it (a custom node package of its own name)."""
-    package = sys.modules[node(nodes, "IMAGPoseGridUnpack").__module__].__package__
-    return sys.modules[f"{package}.{dotted}"]
 
 
 def keypoints(canvas=(64, 64), nose=(10.0, 10.0), frames=1):
@@ -87,7 +80,9 @@ def test_combos_linked_from_other_nodes_are_checked_when_the_node_runs(comfy_nod
                                  ("IMAGPoseGridUnpack", "IMAGPosePoseExtract", "IMAGPosePoseRetarget"))
     with pytest.raises(ValueError, match="^IMAGPose Grid Unpack: input 'which': expected one of targets, all; "
                                          "got 'everything'$"):
-        unpack.execute(torch.zeros(1, 64, 64, 3), make_layout(1, 3, 32, 32), "everything")
+        grid = pack_module(comfy_nodes, "imagpose.grid")
+        unpack.execute([torch.zeros(1, 64, 64, 3)], [grid.SequenceLayout((grid.make_layout(1, 3, 32, 32),), (1,))],
+                       ["everything"])
     image = to_image_tensor(photo("astronaut"))
     for person, on_no_person, bad in (("tallest", "error", "person"), ("largest", "skip", "on_no_person")):
         with pytest.raises(ValueError, match=f"^IMAGPose Pose Extract: input '{bad}': expected one of "):
@@ -199,7 +194,9 @@ def test_source_poses_extracted_by_ilc_pack_are_bounded(comfy_nodes, parts, free
 def test_unpack_output_is_bounded(comfy_nodes, free_memory):
     free_memory(1024)
     with pytest.raises(ValueError, match="^IMAGPose Grid Unpack: input 'images': expected cells to cut out, within"):
-        node(comfy_nodes, "IMAGPoseGridUnpack").execute(torch.zeros(1, 64, 64, 3), make_layout(1, 3, 32, 32), "all")
+        grid = pack_module(comfy_nodes, "imagpose.grid")
+        layout = grid.SequenceLayout((grid.make_layout(1, 3, 32, 32),), (1,))
+        node(comfy_nodes, "IMAGPoseGridUnpack").execute([torch.zeros(1, 64, 64, 3)], [layout], ["all"])
 
 
 # -- raw errors of libraries --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from harness.imagpose_sampling import load_test_models, run_node
+from harness.inprocess import pack_module
 from imagpose.testing import TINY_UNET
 from imagpose.unet import IMAGPoseUNet
 
@@ -92,14 +93,6 @@ def test_sampling_without_the_cva_layers_is_refused(comfy_nodes, tiny_models):
 
     with pytest.raises(RuntimeError, match="0 of its 13 cross-view attention layers ran in this UNet call"):
         sample_imagpose(comfy_nodes, transform_model=strip_injections)
-
-
-def pack_module(nodes, name: str):
-    """A module of the pack as ComfyUI loaded it (its classes differ from this checkout's imports)."""
-    import sys
-
-    package = nodes.NODE_CLASS_MAPPINGS["IMAGPoseGridUnpack"].__module__.rsplit(".", 1)[0]
-    return sys.modules[f"{package}.{name}"]
 
 
 @pytest.fixture(scope="module")

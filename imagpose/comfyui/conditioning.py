@@ -233,16 +233,16 @@ def ilc_conditioning(positive: list, negative: list, vae, sources: torch.Tensor,
     check_same_cell("positive", positive, height, width, fit)
     check_same_cell("negative", negative, height, width, fit)
     check_vae(vae)
-    check_vae_memory(vae, grid.CELLS, height, width, "a cell whose 2x2 grid the VAE can encode")
     layouts = grid.plan_grids(num_sources, targets.shape[0], height, width)
     layout = grid.SequenceLayout(layouts, batch_sizes(len(layouts), num_sources, batching, grids_per_batch,
                                                       targets_input, targets.shape[0]))
+    source_cells = fit_groups(groups, height, width, fit, PHOTO_PAD)
+    source_poses = source_pose_cells(groups, source_poses, extract_poses, height, width, fit)
+    check_vae_memory(vae, grid.CELLS, height, width, "a cell whose 2x2 grid the VAE can encode")
     # what is kept for every grid: the pose grid (conditioning) and the masked grid (preview), and the preview
     memory.require(targets_input, "grids whose conditioning and preview fit in memory",
                    4 * memory.image_bytes(len(layouts), 2 * height, 2 * width),
                    f"{targets.shape[0]} target poses in {len(layouts)} grids of {2 * width}x{2 * height}")
-    source_cells = fit_groups(groups, height, width, fit, PHOTO_PAD)
-    source_poses = source_pose_cells(groups, source_poses, extract_poses, height, width, fit)
 
     positives, negatives, latents, previews = [], [], [], []
     first_targets = layout.first_targets() + (targets.shape[0],)

@@ -138,6 +138,16 @@ def _validated_names(node) -> list[str]:
     return combos + extra
 
 
+def value_sets(node, values: dict) -> list[dict]:
+    """The values to check: as given, or for a node that takes its inputs as lists (is_input_list, where ComfyUI
+    passes lists to execute and validate_inputs alike) each position of the lists, as ComfyUI would map them."""
+    if not getattr(node.define_schema(), "is_input_list", False):
+        return [values]
+    length = max((len(v) for v in values.values() if isinstance(v, list)), default=1)
+    return [{name: (value[min(i, len(value) - 1)] if value else None) if isinstance(value, list) else value
+             for name, value in values.items()} for i in range(length)]
+
+
 def imagpose_node(node):
     """Class decorator for every IMAGPose node: `execute` runs inside `node_boundary` after `check_values` (values
     linked from other nodes are seen only then), and `validate_inputs` runs `check_values` when the prompt is queued.
@@ -152,11 +162,12 @@ def imagpose_node(node):
         with node_boundary(cls):
             values = dict(signature.bind(cls, *args, **kwargs).arguments)
             values.pop(next(iter(signature.parameters)))
-            check_values(cls, values)
+            for each in value_sets(cls, values):
+                check_values(cls, each)
             return execute(cls, *args, **kwargs)
 
     def validate_inputs(cls, **values) -> bool | str:
-        return validation_result(cls, lambda: check_values(cls, values))
+        return validation_result(cls, lambda: [check_values(cls, each) for each in value_sets(cls, values)])
 
     # ComfyUI reads the inputs to pass from the signature (inspect.getfullargspec honours __signature__)
     names = _validated_names(node)

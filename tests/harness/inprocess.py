@@ -31,3 +31,12 @@ def load(custom_nodes_dir: Path, models_root: Path):
         raise RuntimeError("the IMAGPose pack did not register its nodes in ComfyUI")
     _loaded["nodes"] = nodes
     return nodes
+
+
+def pack_module(nodes, name: str):
+    """A module of the pack as ComfyUI loaded it (`name` like "imagpose.grid"): its classes, not this checkout's
+    same-named ones, are what the nodes' isinstance checks see."""
+    import sys
+
+    package = sys.modules[nodes.NODE_CLASS_MAPPINGS["IMAGPoseGridUnpack"].__module__].__package__
+    return sys.modules[f"{package}.{name}"]
