@@ -8,9 +8,20 @@ import torch
 
 from .grid import CELLS, SequenceLayout, split_grid
 
+GRID_SIDE = 512  # the preview shows each grid at most this long a side: enough to check roles and poses
 FRAME = (255, 255, 255)  # target cells are black in both halves; a white frame shows on either
 LABEL_TEXT = (255, 255, 255)
 LABEL_BOX = (40, 40, 40)
+
+
+def shrink(grids: torch.Tensor, max_side: int = GRID_SIDE) -> torch.Tensor:
+    """(G, 3, 2H, 2W) grids scaled down (aspect kept, cells staying whole) so the longer side is at most max_side."""
+    height, width = grids.shape[-2:]
+    scale = min(1.0, max_side / max(height, width))
+    if scale == 1.0:
+        return grids
+    size = (max(2, round(height * scale / 2) * 2), max(2, round(width * scale / 2) * 2))
+    return torch.nn.functional.interpolate(grids, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
 def cell_labels(layout: SequenceLayout) -> list[list[str]]:
@@ -41,7 +52,8 @@ def _mark_cell(canvas: np.ndarray, top: int, left: int, height: int, width: int,
 
 
 def packed_preview(layout: SequenceLayout, masked: torch.Tensor, pose_grids: torch.Tensor) -> torch.Tensor:
-    """(G, 3, 2H, 2W) masked grids and pose grids in [0, 1] -> (G, 3, 2H, 4W): masked | poses, cells labelled."""
+    """(G, 3, 2H, 2W) masked grids and pose grids in [0, 1] (any size, e.g. `shrink`) -> (G, 3, 2H, 4W): masked |
+    poses, cells labelled."""
     if masked.shape != pose_grids.shape or masked.shape[0] != len(layout.grids):
         raise ValueError(f"masked grids {tuple(masked.shape)} and pose grids {tuple(pose_grids.shape)} for "
                          f"{len(layout.grids)} grids")

@@ -157,3 +157,12 @@ def test_preview_labels_roles_and_frames_targets():
     assert preview[0, :, 63, 1].max() < 0.9
     assert torch.allclose(preview[0, :, 32, 32], torch.tensor(0.5), atol=0.01)
     assert preview[0, :, 100, 100].max() < 0.01 and preview[0, :, 100, 228].max() < 0.01
+
+
+def test_preview_grids_are_shrunk_to_at_most_512_px_with_whole_cells():
+    from imagpose.preview import shrink
+
+    big = shrink(torch.rand(2, 3, 1536, 1024))
+    assert big.shape == (2, 3, 512, 342)  # 1536x1024 -> 512 long, the short side even so both cells stay whole
+    small = torch.rand(1, 3, 128, 256)
+    assert shrink(small) is small

@@ -23,7 +23,7 @@ from ..image_encoder import AUTHORS_POSITIONS
 from ..imaging import PHOTO_PAD, POSE_PAD, fit_to_cell, resize_to, resized_size
 from ..model import LATENT_SCALE, flc_context
 from ..patch_embed import PatchEmbedding
-from ..preview import packed_preview
+from ..preview import GRID_SIDE, packed_preview, shrink
 from . import memory
 from .errors import InputError
 from .model_patch import POSE_COND, PoseGridCond
@@ -239,9 +239,10 @@ def ilc_conditioning(positive: list, negative: list, vae, sources: torch.Tensor,
     source_cells = fit_groups(groups, height, width, fit, PHOTO_PAD)
     source_poses = source_pose_cells(groups, source_poses, extract_poses, height, width, fit)
     check_vae_memory(vae, grid.CELLS, height, width, "a cell whose 2x2 grid the VAE can encode")
-    # what is kept for every grid: the pose grid (conditioning) and the masked grid (preview), and the preview
+    # kept for every grid: its pose grid (in the conditioning) and its preview (at most GRID_SIDE a side, twice wide)
+    preview_pixels = 2 * min(GRID_SIDE, 2 * max(height, width)) ** 2
     memory.require(targets_input, "grids whose conditioning and preview fit in memory",
-                   4 * memory.image_bytes(len(layouts), 2 * height, 2 * width),
+                   memory.image_bytes(len(layouts), 2 * height, 2 * width) + 2 * len(layouts) * preview_pixels * 3 * 4,
                    f"{targets.shape[0]} target poses in {len(layouts)} grids of {2 * width}x{2 * height}")
 
     positives, negatives, latents, previews = [], [], [], []
@@ -252,7 +253,8 @@ def ilc_conditioning(positive: list, negative: list, vae, sources: torch.Tensor,
         images, poses = grid.sequence_cells(layouts[start:end], source_cells, source_poses, chunk_targets)
         masked, pose_grid, flags = grid.assemble(list(layouts[start:end]), images, poses,
                                                  vae.spacial_compression_encode())
-        masked_latent = encode_latent(vae, masked)
+        # grid by grid: the memory checked above is one grid's, and a grid's latent does not depend on its chunk
+        masked_latent = torch.cat([encode_latent(vae, one) for one in masked.split(1)])
         values = {"concat_mask": flags, "concat_latent_image": masked_latent,
                   "model_conds": {POSE_COND: PoseGridCond(pose_grid)}}
         positives.append(node_helpers.conditioning_set_values(positive, values))
@@ -261,7 +263,7 @@ def ilc_conditioning(positive: list, negative: list, vae, sources: torch.Tensor,
         # several grids: batch_index numbers them for KSampler's noise; one grid keeps the latent it always had
         latents.append({"samples": latent, "batch_index": list(range(start, end))} if len(layouts) > 1
                        else {"samples": latent})
-        previews.append((masked, pose_grid))
+        previews.append((shrink(masked), shrink(pose_grid)))
     masked_all, poses_all = (torch.cat(parts) for parts in zip(*previews))
     preview = to_channels_last(packed_preview(layout, masked_all, poses_all))
     return positives, negatives, latents, layout, preview
