@@ -318,9 +318,20 @@ class MetricsWriter:
         self.bar = tqdm(total=train_cfg["max_steps"], initial=run.step, desc=run.config["stage"], unit="step",
                         dynamic_ncols=True,
                         disable=not (run.accelerator.is_main_process and train_cfg["progress_bar"]))
+        if run.accelerator.is_main_process and self.path.is_file():
+            self._forget_after(run.step)
 
     def close(self) -> None:
         self.bar.close()
+
+    def _forget_after(self, step: int) -> None:
+        """A resumed run redoes the steps after its checkpoint: drop their old lines, one line per step stays."""
+        lines = self.path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        if len(kept) != len(lines):
+            partial = self.path.with_name(self.path.name + ".partial")
+            partial.write_text("".join(line + "\n" for line in kept))
+            os.replace(partial, self.path)
 
     def write(self, step: int, loss: float) -> None:
         run, train_cfg = self.run, self.run.config["train"]
