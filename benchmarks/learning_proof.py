@@ -32,8 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from imagpose import grid, image_encoder, sampling  # noqa: E402
+from imagpose import grid  # noqa: E402
 from imagpose.model import LATENT_SCALE  # noqa: E402
+from trainer import generate as generation  # noqa: E402
 from trainer import synthetic  # noqa: E402
 
 PRESETS = {
@@ -41,7 +42,7 @@ PRESETS = {
     "full": {"identities": 2000, "poses": 4, "vae_steps": 1200, "stage1_steps": 2000, "second_stage": "end2end",
              "second_steps": 500, "batch": 4, "lr": 5e-4, "second_lr": 5e-4, "cases": 24, "sample_steps": 20,
              "cfg": 2.0, "checkpoint_every": 500},
-    # the CI version (tests/test_learning_proof.py)
+    # the CI version (tests/e2e/test_e2e_learning_proof.py)
     "ci": {"identities": 1000, "poses": 4, "vae_steps": 300, "stage1_steps": 600, "second_stage": "end2end",
            "second_steps": 300, "batch": 4, "lr": 5e-4, "second_lr": 5e-4, "cases": 12, "sample_steps": 20,
            "cfg": 2.0, "checkpoint_every": 0},
@@ -111,7 +112,8 @@ def stage_config(root: Path, stage: str, steps: int, learning_rate: float, setti
                  "batch_size": settings["batch"], "num_workers": 0},
         "train": {"max_steps": steps, "checkpointing_steps": settings["checkpoint_every"] or steps, "checkpoints_keep": None, "save_initial": True,
                   "mixed_precision": "no", "gradient_checkpointing": False, "learning_rate": learning_rate,
-                  "uncond_ratio": UNCOND_RATIO, "log_every": max(1, steps // 10), "resume": "latest"},
+                  "uncond_ratio": UNCOND_RATIO, "log_every": max(1, steps // 10), "resume": "latest",
+                  "report_to": None, "progress_bar": False},
     }
 
 
@@ -172,33 +174,16 @@ def eval_cases(count: int, seed: int = EVAL_SEED) -> list[dict]:
     return cases
 
 
-def grid_conditioning(model, vae, encoder, source: torch.Tensor, source_pose: torch.Tensor, target_pose: torch.Tensor):
-    """Layout, flags, masked grid latent, pose grid and FLC context for 1 source -> 1 target, built by the library
-    functions the trainer and the nodes share (grid.layout_cells / grid.assemble, image_encoder, the patch embedder)."""
-    from trainer.loss import vae_latents
-
-    height, width = source.shape[-2:]
-    layout = grid.make_layout(1, 1, height, width)
-    sources = source[None]
-    images, poses = grid.layout_cells(layout, sources, source_pose[None], target_pose[None])
-    masked, pose_grid, flags = grid.assemble([layout], images[None], poses[None], LATENT_DOWNSCALE)
-    masked_latent = vae_latents(vae, masked, sample=False)
-    with torch.no_grad():
-        context = model.context(image_encoder.encode(encoder, sources).float(), vae_latents(vae, sources, sample=False))
-    return layout, flags, masked_latent, pose_grid, context
-
-
-@torch.no_grad()
-def generate(model, vae, encoder, sources, source_poses, target_poses, settings: dict, seed: int = 0) -> torch.Tensor:
-    """Target cells (N, 3, H, W) in [0, 1], one per (source, source pose, target pose), sampled in one batch."""
-    parts = [grid_conditioning(model, vae, encoder, s, sp, tp) for s, sp, tp in zip(sources, source_poses, target_poses)]
-    layout = parts[0][0]
-    flags, masked, poses, context = (torch.cat([p[i] for p in parts]) for i in range(1, 5))
-    noise = torch.randn(masked.shape, generator=torch.Generator().manual_seed(seed))
-    latent = sampling.sample(model, noise, flags, masked, poses, context, steps=settings["sample_steps"],
-                             cfg=settings["cfg"])
-    images = ((vae.decode(latent / LATENT_SCALE).sample + 1) / 2).clamp(0, 1)
-    return grid.split_grid(images)[layout.target_cells[0]]
+def generate(model, vae, encoder, sources, source_poses, target_poses, settings: dict) -> torch.Tensor:
+    """Target cells (N, 3, H, W) in [0, 1], one per (source, source pose, target pose), with the conditioning and
+    sampling the trainer's evaluation uses (trainer.generate: the nodes' library functions, imagpose.sampling)."""
+    sampling = generation.Sampling(steps=settings["sample_steps"], cfg=settings["cfg"], seed=0, cell_height=CELL,
+                                   cell_width=CELL, fit="pad")
+    layout = grid.make_layout(1, 1, CELL, CELL)
+    conditions = [generation.grid_conditioning(model, vae, encoder, layout, s[None], sp[None], tp[None], sampling,
+                                               LATENT_DOWNSCALE)
+                  for s, sp, tp in zip(sources, source_poses, target_poses)]
+    return generation.target_cells(generation.sample_grids(model, vae, conditions, sampling), layout)[:, 0]
 
 
 @torch.no_grad()
@@ -241,15 +226,14 @@ def cell_metrics(images: torch.Tensor, truths: torch.Tensor) -> tuple[float, flo
 
 def evaluate(checkpoints: dict, vae_dir: Path, encoder_dir: Path, settings: dict) -> tuple[dict, dict]:
     """Metrics per condition and the images for the sheet."""
-    from imagpose.checkpoints import build_model, load_weights
-    from trainer.models import load_image_encoder, load_vae
+    from trainer.models import load_image_encoder, load_vae, trained_model
 
     vae, encoder = load_vae(vae_dir), load_image_encoder(encoder_dir)
     cases = eval_cases(settings["cases"])
     stack = {k: torch.stack([c[k] for c in cases]) for k in ("source", "source_pose", "swap_source",
                                                              "swap_source_pose", "target_pose", "truth", "swap_truth")}
     blank = torch.ones_like(stack["source"])
-    models = {name: build_model(load_weights(path)).eval() for name, path in checkpoints.items()}
+    models = {name: trained_model(path).eval() for name, path in checkpoints.items()}
     images = {
         "trained": generate(models["trained"], vae, encoder, stack["source"], stack["source_pose"], stack["target_pose"], settings),
         "untrained": generate(models["untrained"], vae, encoder, stack["source"], stack["source_pose"], stack["target_pose"], settings),
