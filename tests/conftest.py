@@ -18,3 +18,12 @@ def comfy_nodes(tiny_models, tmp_path_factory):
 
     root, _ = tiny_models
     return load(tmp_path_factory.mktemp("custom_nodes"), root)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one intra-op thread for a module's tests (on a shared 2-core machine two threads ran 10x slower)."""
+    from trainer.testing import one_intraop_thread
+
+    with one_intraop_thread():
+        yield

@@ -16,16 +16,11 @@ from imagpose.image_encoder import (AUTHORS_POSITIONS, ENCODER_SIZE, ImageEncode
                                     preprocess, resample_positions)
 from imagpose.testing import TINY_DINOV2, write_tiny_dinov2
 from trainer.models import SetupError, load_image_encoder
-from trainer.testing import one_intraop_thread
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 GRID = ENCODER_SIZE // TINY_DINOV2["patch_size"]  # 16
 SIDE = TINY_DINOV2["image_size"] // TINY_DINOV2["patch_size"]  # 37, as DINOv2-base
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_intraop_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,11 @@ import torch
 from imagpose import sampling
 from imagpose.model import LATENT_SCALE
 from imagpose.testing import make_tiny_model
-from trainer.testing import one_intraop_thread
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 EXACT = 1e-4  # relative to the largest |latent|: float32 rounding over a whole sampling run
 CALM = 0.03  # output-layer scale of the "calm" test model (see calm_model)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_intraop_thread():
-        yield
 
 
 def ddim_scheduler(comfy_terminal: bool = True):

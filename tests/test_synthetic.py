@@ -9,6 +9,8 @@ from PIL import Image
 from trainer import fit_vae, synthetic
 from trainer.data import load_groups
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
@@ -56,7 +58,6 @@ def test_held_out_identities_differ_from_training_ones(dataset):
 
 
 def test_fitted_vae_reconstructs_better_than_its_start_and_has_unit_latents(dataset):
-    torch.set_num_threads(1)
     images = fit_vae.load_images(dataset / "image")
     vae, report = fit_vae.fit(images, steps=80, batch=4, log_every=0)
     assert abs(report["latent_std"] - 1.0) < 0.1

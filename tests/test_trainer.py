@@ -17,22 +17,18 @@ import yaml
 
 from imagpose.checkpoints import build_model, load_weights
 from imagpose.testing import make_tiny_model
+from imagpose.unet import MOTION_KEY
 from trainer import export
 from trainer import train as train_lib
 from trainer.config import DEFAULTS
 from trainer.loss import make_noise_scheduler, training_loss
 from trainer.models import (SetupError, TrainingNet, load_image_encoder,
                             load_motion_module, load_vae, set_trainable, stage1_model, vae_downscale)
-from trainer.testing import one_intraop_thread, tiny_config, write_setup
+from trainer.testing import tiny_config, write_setup
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
-MOTION = ".motion_modules."
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_intraop_thread():
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +102,7 @@ def stage1(setup):
 def motion_file(setup):
     """An AnimateDiff-v2-style file: only `*.motion_modules.*` tensors, random non-zero values."""
     root, _ = setup
-    state = {k: v for k, v in make_tiny_model(seed=3).unet.state_dict().items() if MOTION in k}
+    state = {k: v for k, v in make_tiny_model(seed=3).unet.state_dict().items() if MOTION_KEY in k}
     path = root / "motion_module.pth"
     torch.save(state, path)
     return path, state
@@ -136,7 +132,7 @@ def test_stage1_widens_conv_in_trains_unet_pose_guider_patch_and_leaves_cva(setu
     model = build_model(weights(stage1 / "checkpoint-2"))
     params = parameters_named(model)
     moved = changed(start, end)
-    cva = {k for k in params if MOTION in k}
+    cva = {k for k in params if MOTION_KEY in k}
     assert cva and not moved & cva, "stage 1 must not touch the CVA modules"
     for part in ("unet.", "pose_guider.", "patch_embed."):
         trained = {k for k in params - cva if k.startswith(part)}
@@ -173,10 +169,10 @@ def test_stage2_initialises_cva_from_motion_module_and_trains_only_cva(stage1, s
     stage1_end = flat(weights(stage1 / "checkpoint-2"))
     start, end = flat(weights(stage2 / "checkpoint-0")), flat(weights(last_checkpoint(stage2)))
     assert all(torch.equal(start[f"unet.{k}"], v) for k, v in motion.items())
-    assert all(torch.equal(start[k], v) for k, v in stage1_end.items() if MOTION not in k)
+    assert all(torch.equal(start[k], v) for k, v in stage1_end.items() if MOTION_KEY not in k)
     assert all(torch.isfinite(torch.tensor(losses(stage2))))
     moved = changed(start, end)
-    cva = {k for k in parameters_named(build_model(weights(last_checkpoint(stage2)))) if MOTION in k}
+    cva = {k for k in parameters_named(build_model(weights(last_checkpoint(stage2)))) if MOTION_KEY in k}
     assert moved == cva, f"stage 2 changed non-CVA {sorted(moved - cva)[:3]} / left CVA {sorted(cva - moved)[:3]}"
     assert json.loads((stage2 / "config.json").read_text())["train"]["gradient_accumulation_steps"] == 2
 
@@ -311,7 +307,7 @@ def test_motion_module_that_does_not_fit_is_refused(motion_file, tmp_path):
 def test_set_trainable_per_stage():
     model = make_tiny_model(seed=0)
     names = parameters_named(model)
-    cva = {n for n in names if MOTION in n}
+    cva = {n for n in names if MOTION_KEY in n}
     expected = {"stage1": names - cva, "stage2": cva, "end2end": names}
     for stage, wanted in expected.items():
         trainable = set_trainable(model, stage)

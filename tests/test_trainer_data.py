@@ -11,17 +11,13 @@ from trainer import data as data_lib
 from trainer.config import ConfigError, load_config, resolve_batch
 from trainer.data import DataError, GroupDataset, PoseRule, SampleAugmentation, augment_pair, pick_images
 from trainer.loss import grid_inputs, make_noise_scheduler
-from trainer.testing import (POSE_TEMPLATE, mirrored_cells, one_intraop_thread, photos, write_dataset,
+from trainer.testing import (POSE_TEMPLATE, mirrored_cells, photos, write_dataset,
                              write_ramp_group)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "trainer" / "configs"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_intraop_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

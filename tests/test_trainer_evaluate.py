@@ -19,16 +19,12 @@ from imagpose.model import LATENT_SCALE
 from trainer import evaluate as evaluate_lib
 from trainer import generate
 from trainer.sources import load_vae
-from trainer.testing import one_intraop_thread, write_setup
+from trainer.testing import write_setup
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 CELL = 64
 TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_intraop_thread():
-        yield
 
 
 def picture(seed: int, height: int, width: int) -> torch.Tensor:

@@ -10,14 +10,9 @@ import torch.nn.functional as F
 
 from trainer import metrics
 from trainer.evaluate import used
-from trainer.testing import one_intraop_thread
 from trainer.testing_files import write_metric_backbones
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_intraop_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

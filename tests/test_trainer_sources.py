@@ -12,18 +12,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from imagpose.testing import TINY_UNET, make_tiny_model
+from imagpose.unet import MOTION_KEY
 from trainer import sources
 from trainer.models import SetupError, load_motion_module, load_vae, stage1_model
-from trainer.testing import TINY_VAE, one_intraop_thread
+from trainer.testing import TINY_VAE
 from trainer.testing_files import write_motion_module_ckpt, write_sd15_single_file
 
-MOTION = ".motion_modules."
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_intraop_thread():
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +112,7 @@ def test_other_families_are_refused_by_name(tiny, tmp_path):
                         torch.zeros(unet["model.diffusion_model.input_blocks.0.0.weight"].shape[0], 9, 3, 3)})
     foreign = write(tmp_path / "random.safetensors", {"weight": torch.zeros(3), "bias": torch.zeros(3)})
     motion = write(tmp_path / "mm_sd_v15_v2.safetensors",
-                   {k: v for k, v in make_tiny_model(0).unet.state_dict().items() if MOTION in k})
+                   {k: v for k, v in make_tiny_model(0).unet.state_dict().items() if MOTION_KEY in k})
     expected = {sdxl: "SDXL", sd2: "SD2", inpainting: "9-channel", foreign: "not a Stable Diffusion checkpoint",
                 motion: "motion module"}
     for path, words in expected.items():
@@ -144,11 +140,11 @@ def test_broken_and_unsafe_files_are_refused_by_name(tiny, tmp_path):
 @pytest.fixture(scope="module")
 def motion():
     """The CVA weights of a tiny IMAGPose UNet with random values: what the files below hold."""
-    return {k: v for k, v in make_tiny_model(seed=3).unet.state_dict().items() if MOTION in k}
+    return {k: v for k, v in make_tiny_model(seed=3).unet.state_dict().items() if MOTION_KEY in k}
 
 
 def cva_of(unet) -> dict:
-    return {k: v for k, v in unet.state_dict().items() if MOTION in k}
+    return {k: v for k, v in unet.state_dict().items() if MOTION_KEY in k}
 
 
 def test_motion_module_in_every_published_form_initialises_cva(motion, tmp_path):
