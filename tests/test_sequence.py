@@ -159,10 +159,11 @@ def test_sampling_is_reproducible_and_chunking_does_not_change_it(setup):
     again = sample(setup, pack(setup, targets), seed=11)
     assert torch.equal(one_batch, again)
     chunked = sample(setup, pack(setup, targets, batching="chunks", grids_per_batch=1), seed=11)
-    difference = (chunked - one_batch).abs().max().item()
-    print(f"one batch vs chunks of 1 grid: max abs latent difference {difference:.2e} (latents span "
-          f"{one_batch.abs().max().item():.2f})")
-    assert difference < 1e-3
+    difference, span = (chunked - one_batch).abs().max().item(), one_batch.abs().max().item()
+    print(f"one batch vs chunks of 1 grid: max abs latent difference {difference:.2e} (latents span {span:.2f})")
+    # float32 rounding differs between batch sizes and grows over the sampling steps (6.5e-4 of the span with two
+    # threads, less with one); a grid lined up with another grid's conditioning would differ by the whole span
+    assert difference < 2e-3 * span
     other_seed = sample(setup, pack(setup, targets), seed=12)
     assert (other_seed - one_batch).abs().max() > 1e-2
     # the grids differ from each other: each got its own noise
