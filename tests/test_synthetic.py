@@ -37,17 +37,11 @@ def test_pose_images_are_the_pose_nodes_rendering_and_figures_wear_their_identit
         assert np.array_equal(stored, synthetic.render_pose(frame))
         figure = np.asarray(Image.open(dataset / photo["image"])).astype(np.float64) / 255
         labels = synthetic.part_labels(frame)
-        inner = synthetic_inner(labels)
+        inner = synthetic.inner_mask(labels)
         palette = synthetic.Identity({k: tuple(v) for k, v in photo["colours"].items()}).palette()
         error = np.abs(figure[inner] - palette[labels[inner] - 1]).max(axis=1)
         assert np.median(error) < 0.01 and error.mean() < 0.08  # flat colours; soft edges between parts
         assert (figure[labels == 0] > 0.9).mean() > 0.95  # white around the figure
-
-
-def synthetic_inner(labels):
-    from scipy.ndimage import binary_erosion
-
-    return binary_erosion(labels > 0, iterations=1)
 
 
 def test_held_out_identities_differ_from_training_ones(dataset):

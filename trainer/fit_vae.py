@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from imagpose.model import LATENT_SCALE
 
@@ -196,13 +195,6 @@ def latent_std(vae, images: torch.Tensor, generator: torch.Generator, batch: int
     """Standard deviation of posterior means x 0.18215 over random grid crops."""
     crops = random_crops(images, batch, generator)
     return float((vae.encode(crops * 2 - 1).latent_dist.mean * LATENT_SCALE).std())
-
-
-@torch.no_grad()
-def reconstruct(vae, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """decode(encode(x)) with posterior means, in [0, 1]."""
-    out = [vae.decode(vae.encode(x * 2 - 1).latent_dist.mean).sample for x in images.split(batch)]
-    return ((torch.cat(out) + 1) / 2).clamp(0, 1)
 
 
 def pixel_weights(x: torch.Tensor) -> torch.Tensor:

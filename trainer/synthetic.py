@@ -197,6 +197,13 @@ def part_labels(frame: PoseFrame) -> np.ndarray:
     return canvas[..., 0].astype(np.int64)
 
 
+def inner_mask(labels: np.ndarray) -> np.ndarray:
+    """The figure's inner pixels of a `part_labels` map (one pixel in from the edge: any 8x VAE blurs edges)."""
+    from scipy.ndimage import binary_erosion
+
+    return binary_erosion(labels > 0, iterations=1)
+
+
 def render_pose(frame: PoseFrame) -> np.ndarray:
     """The pose image exactly as the pose nodes render it (body + hands when present, no face)."""
     return render_frame(frame, include_hands=True, include_face=False)
